@@ -1,0 +1,137 @@
+"""ClientApp: one handler per message type; it does what each message holds.
+
+A train message may carry a global adapter (load it), pseudo-labels (train on
+them with the private data), public prompts (answer them) and a request to
+return the adapter. The same code path serves every strategy, so the
+comparison between them is fair: same data, same trainer, same evaluation.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsem_app import protocol as p
+from fedsem_app.clients import load_client, resolve_device, set_num_threads
+from fedsem_app.config import AppConfig, DataConfig, NodeConfig, load_app_config, load_node_config
+from fedsem_app.data import QAPair, load_node_private, load_partition
+from fedsem_app.evaluation import evaluate_client
+
+app = ClientApp()
+
+STATE_ADAPTER = "fedsem-adapter"  # key of this node's own adapter in context.state
+
+
+@functools.lru_cache(maxsize=32)
+def private_pairs(data: DataConfig, seed: int, node: NodeConfig,
+                  all_partitions: bool = False) -> tuple[QAPair, ...]:
+    """This node's private data: its own file, its partition, or (pooled) the whole pool."""
+    if node.data_path:
+        return tuple(load_node_private(node.data_path, data))
+    if all_partitions:
+        return tuple(load_partition(data, seed, 1, 0))
+    return tuple(load_partition(data, seed, node.num_partitions, node.partition_id))
+
+
+def _setup(context: Context):
+    cfg = load_app_config(context.run_config)
+    node = load_node_config(context.node_config, cfg)
+    set_num_threads(cfg.train.num_threads)
+    try:
+        client = load_client(node.model_name, cfg.lora, device=resolve_device(node.device),
+                             cache_dir=cfg.model.cache_path, template=cfg.model.template,
+                             seed=cfg.seed)
+    except Exception as err:
+        raise RuntimeError(
+            f"node with partition-id {node.partition_id}: cannot load model-name "
+            f"{node.model_name!r}: {err}"
+        ) from err
+    return cfg, node, client
+
+
+def _restore_adapter(client, msg: Message, context: Context) -> None:
+    # A global adapter sent by the server wins; otherwise this node's own one.
+    sent = msg.content.get(p.ADAPTER)
+    if isinstance(sent, ArrayRecord) and len(sent) > 0:
+        client.set_adapter({k: v.numpy() for k, v in sent.items()})
+    elif STATE_ADAPTER in context.state:
+        client.set_adapter({k: v.numpy() for k, v in context.state[STATE_ADAPTER].items()})
+    else:
+        client.set_adapter(None)
+
+
+def _adapter_record(client) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in client.adapter_state().items()})
+
+
+def _qa(record: ConfigRecord | None) -> list[tuple[int, str, str]]:
+    if record is None:
+        return []
+    texts = record.get(p.TEXTS, [""] * len(record.get(p.IDS, [])))
+    return list(zip(record.get(p.IDS, []), record.get(p.PROMPTS, []), texts))
+
+
+def _info(cfg: AppConfig, node: NodeConfig) -> ConfigRecord:
+    return ConfigRecord({p.MODEL_NAME: node.model_name})
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Fine-tune on private data (+ pseudo-labels); answer public prompts if sent."""
+    cfg, node, client = _setup(context)
+    config = msg.content.get(p.TRAIN_CONFIG, ConfigRecord())
+    server_round = int(config.get(p.ROUND, 0))
+    _restore_adapter(client, msg, context)
+
+    private = private_pairs(cfg.data, cfg.seed, node,
+                            bool(config.get(p.TRAIN_ON_ALL_PARTITIONS, False)))
+    pairs = [(q.prompt, q.answer) for q in private]
+    pairs += [(prompt, text) for _, prompt, text in _qa(msg.content.get(p.PSEUDO))]
+    stats = client.train(pairs, cfg.train, seed=cfg.seed + 1000 * server_round + node.partition_id)
+    context.state[STATE_ADAPTER] = _adapter_record(client)
+
+    content = RecordDict({p.INFO: _info(cfg, node)})
+    metrics = {
+        p.NUM_EXAMPLES: max(len(private), 1),
+        p.TRAIN_LOSS: float(stats["train-loss"]),
+        p.TRAIN_SECONDS: float(stats["train-seconds"]),
+        p.GENERATE_SECONDS: 0.0,
+    }
+    public = _qa(msg.content.get(p.PUBLIC))
+    if public:
+        t0 = time.perf_counter()
+        texts, confidences = client.generate([prompt for _, prompt, _ in public], cfg.gen)
+        metrics[p.GENERATE_SECONDS] = time.perf_counter() - t0
+        content[p.ANSWERS] = ConfigRecord({
+            p.IDS: [i for i, _, _ in public],
+            p.TEXTS: list(texts),
+            p.CONFIDENCES: [float(c) for c in confidences],
+        })
+    if config.get(p.RETURN_ADAPTER, False):
+        content[p.ADAPTER] = context.state[STATE_ADAPTER]
+    content[p.METRICS] = MetricRecord(metrics)
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the current model (global adapter if sent, else its own) on the test prompts."""
+    cfg, node, client = _setup(context)
+    _restore_adapter(client, msg, context)
+    test = _qa(msg.content.get(p.TEST))
+    if not test:
+        raise ValueError("evaluate message carries no test prompts")
+    metrics = evaluate_client(
+        client,
+        [prompt for _, prompt, _ in test],
+        [ref for _, _, ref in test],
+        cfg.gen,
+        cfg.fedsem.embedder,
+        device=client.device,
+    )
+    content = RecordDict({p.METRICS: MetricRecord(metrics), p.INFO: _info(cfg, node)})
+    return Message(content=content, reply_to=msg)

@@ -1,0 +1,99 @@
+"""Communication accounting, measured on the real records of every message.
+
+:class:`MeteredGrid` wraps the Grid that Flower hands to the ServerApp. Every
+strategy talks to clients through it, so the same meter serves all of them:
+bytes are the serialised size of each message's RecordDict (Flower's own
+protobuf serde), counted per direction and per message kind (train/evaluate).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+from flwr.app import Message, RecordDict
+from flwr.common.serde import recorddict_to_proto
+from flwr.serverapp import Grid
+
+DOWN = "down"  # server -> client
+UP = "up"  # client -> server
+
+
+def record_bytes(content: RecordDict) -> int:
+    """Serialised size in bytes of a RecordDict, as it goes over the wire."""
+    return recorddict_to_proto(content).ByteSize()
+
+
+def message_bytes(message: Message) -> int:
+    """Content bytes of one message; an error reply carries no content (0 bytes)."""
+    if message.has_error() or not message.has_content():
+        return 0
+    return record_bytes(message.content)
+
+
+def _kind(message_type: str) -> str:
+    # "train", "evaluate", "query.generate" -> the part before the first dot
+    return message_type.split(".", 1)[0]
+
+
+class MeteredGrid(Grid):
+    """A Grid that counts the bytes of every message it sends and receives.
+
+    Parameters
+    ----------
+    grid
+        The Grid provided by Flower to ``ServerApp.main``.
+
+    Attributes
+    ----------
+    totals
+        Counter keyed by ``(direction, kind)``, e.g. ``("down", "train")``, in bytes.
+    messages
+        Counter of messages keyed the same way.
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.totals: Counter[tuple[str, str]] = Counter()
+        self.messages: Counter[tuple[str, str]] = Counter()
+
+    def _count(self, direction: str, messages: Iterable[Message]) -> list[Message]:
+        counted = list(messages)
+        for msg in counted:
+            key = (direction, _kind(msg.metadata.message_type))
+            self.totals[key] += message_bytes(msg)
+            self.messages[key] += 1
+        return counted
+
+    # Delegation of the Grid interface -------------------------------------------
+    def set_run(self, run) -> None:  # noqa: D102
+        self._grid.set_run(run)
+
+    @property
+    def run(self):  # noqa: D102
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:  # noqa: D102
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return self._grid.get_node_ids()
+
+    def get_nodes(self):  # noqa: D102
+        return self._grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        return self._grid.push_messages(self._count(DOWN, messages))
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return self._count(UP, self._grid.pull_messages(message_ids))
+
+    def send_and_receive(  # noqa: D102
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        sent = self._count(DOWN, messages)
+        return self._count(UP, self._grid.send_and_receive(sent, timeout=timeout))
+
+    def snapshot(self) -> dict[str, int]:
+        """Byte totals so far as flat keys, e.g. ``bytes-down-train``."""
+        return {f"bytes-{d}-{k}": v for (d, k), v in sorted(self.totals.items())}

@@ -1,0 +1,370 @@
+"""Typed configuration, read once at the boundary.
+
+``context.run_config`` is a flat mapping with dotted keys (``train.local-steps``).
+:func:`load_app_config` turns it into frozen dataclasses that validate themselves;
+nothing else in the app reads ``run_config[...]``. Node-level settings (a
+SuperNode's ``--node-config``) are read by :func:`load_node_config` and win over
+the run config for the model, data file and device of that node.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HOME = Path.home() / ".fedsem"
+
+
+class ConfigError(ValueError):
+    """A run-config or node-config value is wrong; the message says how to fix it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config key '{key}': {message}")
+        self.key = key
+
+
+def _split_names(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(key, message)
+
+
+def _check_choice(value: str, choices: typing.Iterable[str], key: str) -> None:
+    choices = sorted(choices)
+    _check(value in choices, key, f"got {value!r}; allowed values: {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which models the clients run and where converted weights are cached.
+
+    ``names`` is assigned to clients round-robin by partition id, so
+    ``"smollm2-135m,gemma3-270m"`` gives a heterogeneous federation.
+    """
+
+    names: tuple[str, ...] = ("smollm2-135m", "gemma3-270m", "smollm2-135m")
+    device: str = "auto"
+    cache_dir: str = ""
+    template: str = "chat"
+
+    def __post_init__(self) -> None:
+        _check(len(self.names) > 0, "model.names", "give at least one model name")
+        _check_choice(self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"), "model.device")
+        _check_choice(self.template, ("chat", "plain", "alpaca"), "model.template")
+
+    def name_for(self, partition_id: int) -> str:
+        """Model name of the client with this partition id (round-robin)."""
+        return self.names[partition_id % len(self.names)]
+
+    @property
+    def cache_path(self) -> Path:
+        """Absolute folder for converted models and tokenizers."""
+        return Path(self.cache_dir).expanduser() if self.cache_dir else DEFAULT_HOME / "models"
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapter settings; empty ``target_modules`` picks a default per architecture."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check(self.rank > 0, "lora.rank", f"must be a positive integer, got {self.rank}")
+        _check(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local supervised fine-tuning budget, identical for every strategy."""
+
+    local_steps: int = 4
+    batch_size: int = 4
+    learning_rate: float = 3e-4
+    max_seq_len: int = 128
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.local_steps >= 0, "train.local-steps", "must be >= 0")
+        _check(self.batch_size > 0, "train.batch-size", "must be a positive integer")
+        _check(
+            0 < self.learning_rate < 1,
+            "train.learning-rate",
+            f"must be in (0, 1), got {self.learning_rate}",
+        )
+        _check(self.max_seq_len >= 16, "train.max-seq-len", "must be >= 16 tokens")
+        _check(self.num_threads >= 0, "train.num-threads", "must be >= 0 (0 = automatic)")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Greedy batched generation settings for public and test prompts."""
+
+    max_new_tokens: int = 32
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens > 0, "gen.max-new-tokens", "must be a positive integer")
+        _check(self.batch_size > 0, "gen.batch-size", "must be a positive integer")
+
+
+PARTITIONERS = ("iid", "dirichlet", "category")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset, field mapping and the deterministic split/partition settings."""
+
+    name: str = "construction-faq"
+    path: str = ""
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    category_field: str = "category"
+    test_fraction: float = 0.1
+    public_fraction: float = 0.3
+    partitioner: str = "dirichlet"
+    dirichlet_alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name or self.path), "data.name", "give a dataset name or data.path")
+        for key, value in (
+            ("data.test-fraction", self.test_fraction),
+            ("data.public-fraction", self.public_fraction),
+        ):
+            _check(0 < value < 1, key, f"must be in (0, 1), got {value}")
+        _check(
+            self.test_fraction + self.public_fraction < 1,
+            "data.public-fraction",
+            "test-fraction + public-fraction must leave a private pool (< 1)",
+        )
+        _check_choice(self.partitioner, PARTITIONERS, "data.partitioner")
+        _check(self.dirichlet_alpha > 0, "data.dirichlet-alpha", "must be positive")
+
+
+CONSENSUS_RULES = ("medoid", "centroid", "cluster", "confidence")
+
+
+@dataclass(frozen=True)
+class FedSemConfig:
+    """Semantic-consensus settings (used by the ``fedsem`` strategy)."""
+
+    prompts_per_round: int = 16
+    consensus: str = "medoid"
+    min_agreement: float = 0.0
+    cluster_threshold: float = 0.7
+    confidence_weight: float = 0.5
+    embedder: str = "all-MiniLM-L6-v2"
+    max_answer_chars: int = 2000
+
+    def __post_init__(self) -> None:
+        _check(self.prompts_per_round > 0, "fedsem.prompts-per-round", "must be positive")
+        _check_choice(self.consensus, CONSENSUS_RULES, "fedsem.consensus")
+        _check(-1 <= self.min_agreement <= 1, "fedsem.min-agreement", "must be in [-1, 1]")
+        _check(
+            -1 <= self.cluster_threshold <= 1, "fedsem.cluster-threshold", "must be in [-1, 1]"
+        )
+        _check(
+            0 <= self.confidence_weight <= 1, "fedsem.confidence-weight", "must be in [0, 1]"
+        )
+        _check(self.max_answer_chars > 0, "fedsem.max-answer-chars", "must be positive")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation budget."""
+
+    num_prompts: int = 16
+
+    def __post_init__(self) -> None:
+        _check(self.num_prompts > 0, "eval.num-prompts", "must be positive")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """The whole run configuration, one section per concern."""
+
+    strategy: str = "fedsem"
+    num_server_rounds: int = 3
+    seed: int = 42
+    min_clients: int = 2
+    round_timeout: float = 3600.0
+    results_dir: str = ""
+    run_name: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gen: GenerationConfig = field(default_factory=GenerationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    fedsem: FedSemConfig = field(default_factory=FedSemConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.num_server_rounds > 0, "num-server-rounds", "must be a positive integer")
+        _check(self.min_clients > 0, "min-clients", "must be a positive integer")
+        _check(self.round_timeout > 0, "round-timeout", "must be positive (seconds)")
+
+    @property
+    def results_root(self) -> Path:
+        """Absolute folder that holds one sub-folder per run.
+
+        Absolute because the ServerApp runs in the SuperLink's working directory.
+        """
+        return Path(self.results_dir).expanduser().resolve() if self.results_dir else (
+            DEFAULT_HOME / "runs"
+        )
+
+    def to_flat(self) -> dict[str, Any]:
+        """Flat ``run_config``-style mapping (inverse of :func:`load_app_config`)."""
+        flat: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                for sub in dataclasses.fields(value):
+                    flat[f"{f.name}.{_key(sub.name)}"] = _to_wire(getattr(value, sub.name))
+            else:
+                flat[_key(f.name)] = _to_wire(value)
+        return flat
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _to_wire(value: Any) -> Any:
+    return ",".join(value) if isinstance(value, tuple) else value
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a run-config value to the annotated type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, types.GenericAlias) or annotation == tuple[str, ...]:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a comma-separated string, got {value!r}")
+        return _split_names(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {annotation!r} for {key}")
+
+
+def known_keys() -> set[str]:
+    """All run-config keys the app understands."""
+    return set(AppConfig().to_flat())
+
+
+def load_app_config(run_config: typing.Mapping[str, Any]) -> AppConfig:
+    """Build and validate an :class:`AppConfig` from a flat run config.
+
+    Missing keys take their defaults; unknown keys are refused with the closest
+    valid names, so a typo never silently falls back to a default.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, what is wrong and the allowed values.
+    """
+    known = known_keys()
+    unknown = sorted(set(run_config) - known)
+    if unknown:
+        import difflib
+
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        raise ConfigError(unknown[0], "unknown key(s): " + "; ".join(hints))
+
+    hints_top = typing.get_type_hints(AppConfig)
+    top: dict[str, Any] = {}
+    for f in dataclasses.fields(AppConfig):
+        section_type = hints_top[f.name]
+        if dataclasses.is_dataclass(section_type):
+            hints = typing.get_type_hints(section_type)
+            kwargs = {}
+            for sub in dataclasses.fields(section_type):
+                key = f"{f.name}.{_key(sub.name)}"
+                if key in run_config:
+                    kwargs[sub.name] = _coerce(key, run_config[key], hints[sub.name])
+            top[f.name] = section_type(**kwargs)
+        elif _key(f.name) in run_config:
+            top[f.name] = _coerce(_key(f.name), run_config[_key(f.name)], section_type)
+    return AppConfig(**top)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Per-node settings: simulation gives only the partition; a SuperNode may give more.
+
+    Attributes
+    ----------
+    partition_id, num_partitions
+        Which slice of the private pool this node owns.
+    model_name
+        The node's model (``model-name`` in node config, else run-config round-robin).
+    data_path
+        A node-local private data file (``data-path``); empty means the partition
+        of the configured dataset.
+    device
+        ``device`` in node config, else ``model.device``.
+    """
+
+    partition_id: int
+    num_partitions: int
+    model_name: str
+    data_path: str
+    device: str
+
+
+def load_node_config(node_config: typing.Mapping[str, Any], app: AppConfig) -> NodeConfig:
+    """Merge a node's config over the run config (node values win)."""
+    partition_id = node_config.get("partition-id", 0)
+    num_partitions = node_config.get("num-partitions", 1)
+    _check(
+        isinstance(partition_id, int) and isinstance(num_partitions, int),
+        "partition-id",
+        "node config partition-id and num-partitions must be integers",
+    )
+    _check(num_partitions > 0, "num-partitions", "must be a positive integer")
+    _check(
+        0 <= partition_id < num_partitions,
+        "partition-id",
+        f"must be in [0, {num_partitions}), got {partition_id}",
+    )
+    model_name = str(node_config.get("model-name", "") or app.model.name_for(partition_id))
+    data_path = str(node_config.get("data-path", "") or "")
+    if data_path:
+        data_path = os.path.expanduser(data_path)
+        _check(
+            Path(data_path).is_file(),
+            "data-path",
+            f"node data file {data_path!r} does not exist; pass an existing "
+            "JSON/JSONL/CSV/Parquet file with --node-config 'data-path=\"/abs/file.jsonl\"'",
+        )
+    device = str(node_config.get("device", "") or app.model.device)
+    return NodeConfig(partition_id, num_partitions, model_name, data_path, device)

@@ -1,0 +1,45 @@
+"""Wire protocol: every record key and message field, defined once.
+
+A train message carries a ConfigRecord under :data:`TRAIN_CONFIG` and, depending
+on the strategy, the round's public prompts (:data:`PUBLIC`), last round's
+pseudo-labels (:data:`PSEUDO`) and/or a global adapter (:data:`ADAPTER`). The
+client does what the message holds: load the adapter if one is sent, train on
+private data plus pseudo-labelled pairs, answer the public prompts if any are
+sent, and return its adapter if :data:`RETURN_ADAPTER` is set.
+"""
+
+# --- record names in a RecordDict ----------------------------------------------
+TRAIN_CONFIG = "config"  # ConfigRecord: round and switches
+PUBLIC = "public"  # ConfigRecord: IDS (list[int]) and TEXTS (list[str]) to answer
+PSEUDO = "pseudo"  # ConfigRecord: IDS, PROMPTS, TEXTS of last round's consensus
+TEST = "test"  # ConfigRecord: IDS, PROMPTS, TEXTS (reference answers) to evaluate on
+ADAPTER = "adapter"  # ArrayRecord: LoRA adapter weights (parameter strategies)
+ANSWERS = "answers"  # ConfigRecord reply: IDS, TEXTS, CONFIDENCES
+METRICS = "metrics"  # MetricRecord reply: numbers (see METRIC_* below)
+INFO = "info"  # ConfigRecord reply: MODEL_NAME and other strings
+
+# --- fields inside those records -----------------------------------------------
+ROUND = "server-round"
+RETURN_ADAPTER = "return-adapter"
+TRAIN_ON_ALL_PARTITIONS = "train-on-all-partitions"
+IDS = "ids"
+PROMPTS = "prompts"
+TEXTS = "texts"
+CONFIDENCES = "confidences"
+MODEL_NAME = "model-name"
+NODE_ERROR = "error"
+
+# --- metric names (MetricRecord keys) ------------------------------------------
+NUM_EXAMPLES = "num-examples"  # FedAvg's weighting key
+TRAIN_LOSS = "train-loss"
+TRAIN_SECONDS = "train-seconds"
+GENERATE_SECONDS = "generate-seconds"
+ROUGE_L = "rouge-l"
+EMBED_SIM = "embed-sim"
+NLL = "nll"
+PERPLEXITY = "perplexity"
+EVAL_SECONDS = "eval-seconds"
+
+# --- message types --------------------------------------------------------------
+TRAIN = "train"
+EVALUATE = "evaluate"

@@ -1,0 +1,225 @@
+"""Results on disk: one folder per run, written after every round.
+
+Layout of ``<results root>/<run name>/``::
+
+    config.json              resolved run config (flat keys, as in pyproject)
+    metrics.json / .csv      one row per round: quality, bytes, seconds, drops
+    clients.jsonl            per-client metrics of every round and phase
+    consensus_samples.jsonl  sampled prompts with every client's answer and the choice
+    quality.png, bytes.png   plots, refreshed each round
+    summary.json             final row plus totals, written when the run ends
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+QUALITY_KEYS = ("rouge-l", "embed-sim")
+
+
+def make_run_folder(root: Path, run_name: str, strategy: str) -> Path:
+    """Create a fresh run folder; never reuse one (a suffix keeps names unique)."""
+    base = run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{strategy}"
+    root.mkdir(parents=True, exist_ok=True)
+    folder, n = root / base, 1
+    while folder.exists():
+        n += 1
+        folder = root / f"{base}-{n}"
+    folder.mkdir()
+    return folder
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (write a temp file, then rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def format_progress(row: Mapping[str, Any], num_rounds: int) -> str:
+    """One human line per round: quality, traffic and time."""
+    quality = " ".join(
+        f"{k} {row[k]:.3f}" for k in ("rouge-l", "embed-sim", "nll") if _finite(row.get(k))
+    )
+    return (
+        f"[round {row['round']}/{num_rounds}] {quality or 'no evaluation'} | "
+        f"down {_fmt_bytes(row.get('bytes-down', 0))} up {_fmt_bytes(row.get('bytes-up', 0))} "
+        f"(total {_fmt_bytes(row.get('bytes-cumulative', 0))}) | "
+        f"clients {row.get('train-replies', 0)} ok, {row.get('dropped-replies', 0)} dropped | "
+        f"{row.get('round-seconds', 0):.1f} s"
+    )
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+class RunLog:
+    """Collects per-round metrics and writes the run folder as the run goes.
+
+    Parameters
+    ----------
+    folder
+        The run folder (see :func:`make_run_folder`).
+    config
+        Flat resolved config, written to ``config.json``.
+    num_rounds
+        Used in progress lines.
+    byte_totals
+        Callable returning the meter's cumulative byte counters
+        (``{"bytes-down-train": n, ...}``); per-round deltas are derived from it.
+    """
+
+    def __init__(self, folder: Path, config: Mapping[str, Any], num_rounds: int,
+                 byte_totals=lambda: {}) -> None:
+        self.folder = folder
+        self.num_rounds = num_rounds
+        self._byte_totals = byte_totals
+        self._last_totals: dict[str, int] = {}
+        self.rows: list[dict[str, Any]] = []
+        self._current: dict[str, Any] = {}
+        self._t0 = time.perf_counter()
+        write_json(folder / "config.json", dict(config))
+
+    def start_round(self, server_round: int) -> None:
+        """Begin a round's row (idempotent within a round)."""
+        if self._current.get("round") != server_round:
+            self._current = {"round": server_round, "_t0": time.perf_counter()}
+
+    def add(self, server_round: int, metrics: Mapping[str, Any]) -> None:
+        """Merge round-level metrics into the current row."""
+        self.start_round(server_round)
+        self._current.update(metrics)
+
+    def add_clients(self, server_round: int, phase: str, rows: list[Mapping[str, Any]]) -> None:
+        """Append per-client metrics of one phase (``train``/``evaluate``)."""
+        with open(self.folder / "clients.jsonl", "a") as fh:
+            for row in rows:
+                fh.write(json.dumps({"round": server_round, "phase": phase, **row},
+                                    default=_jsonable) + "\n")
+
+    def add_samples(self, server_round: int, samples: list[Mapping[str, Any]]) -> None:
+        """Append consensus samples (prompt, every client's answer, the choice)."""
+        with open(self.folder / "consensus_samples.jsonl", "a") as fh:
+            for sample in samples:
+                fh.write(json.dumps({"round": server_round, **sample}, default=_jsonable) + "\n")
+
+    def close_round(self, server_round: int) -> dict[str, Any]:
+        """Finish the round: bytes deltas, seconds, files, plots and a progress line."""
+        self.start_round(server_round)
+        row = self._current
+        row["round-seconds"] = time.perf_counter() - row.pop("_t0")
+        row["elapsed-seconds"] = time.perf_counter() - self._t0
+        totals = self._byte_totals()
+        for key, value in totals.items():
+            row[key] = value - self._last_totals.get(key, 0)
+        self._last_totals = dict(totals)
+        row["bytes-down"] = sum(v for k, v in row.items() if k.startswith("bytes-down-"))
+        row["bytes-up"] = sum(v for k, v in row.items() if k.startswith("bytes-up-"))
+        row["bytes-cumulative"] = sum(totals.values())
+        self.rows.append(row)
+        self._current = {}
+        self._write()
+        log.info(format_progress(row, self.num_rounds))
+        return row
+
+    def _write(self) -> None:
+        write_json(self.folder / "metrics.json", self.rows)
+        columns = sorted({k for row in self.rows for k in row}, key=_column_order)
+        tmp = self.folder / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.folder / "metrics.csv")
+        try:
+            plot_run(self.rows, self.folder)
+        except Exception as err:  # noqa: BLE001 - a plot must never end a run
+            log.warning("could not draw plots: %s", err)
+
+    def finish(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write ``summary.json`` (last row, best quality, totals) and return it."""
+        summary: dict[str, Any] = {"rounds": len(self.rows), **(extra or {})}
+        if self.rows:
+            last = self.rows[-1]
+            summary["final"] = {k: last[k] for k in ("rouge-l", "embed-sim", "nll") if k in last}
+            for key in QUALITY_KEYS:
+                values = [r[key] for r in self.rows if _finite(r.get(key))]
+                if values:
+                    summary[f"best-{key}"] = max(values)
+            summary["bytes-total"] = last.get("bytes-cumulative", 0)
+            summary["seconds-total"] = last.get("elapsed-seconds", 0)
+        write_json(self.folder / "summary.json", summary)
+        return summary
+
+
+def _column_order(key: str) -> tuple[int, str]:
+    first = ("round", "rouge-l", "embed-sim", "nll", "perplexity", "bytes-down", "bytes-up",
+             "bytes-cumulative", "round-seconds")
+    return (first.index(key), key) if key in first else (len(first), key)
+
+
+def plot_run(rows: list[Mapping[str, Any]], folder: Path) -> None:
+    """Draw ``quality.png`` (quality per round) and ``bytes.png`` (cumulative bytes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for key in QUALITY_KEYS:
+        points = [(r["round"], r[key]) for r in rows if _finite(r.get(key))]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=key)
+    ax.set_xlabel("round")
+    ax.set_ylabel("score (test prompts)")
+    ax.set_title("Quality per round")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "quality.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(rounds, [r.get("bytes-cumulative", 0) for r in rows], marker="o", label="total")
+    for key in ("bytes-down", "bytes-up"):
+        cumulative, acc = [], 0
+        for r in rows:
+            acc += r.get(key, 0)
+            cumulative.append(acc)
+        ax.plot(rounds, cumulative, marker=".", label=key.replace("bytes-", ""))
+    ax.set_xlabel("round")
+    ax.set_ylabel("cumulative bytes")
+    ax.set_title("Communication")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "bytes.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,72 @@
+"""ServerApp: read the config, prepare data and results, run the chosen strategy."""
+
+from __future__ import annotations
+
+from logging import INFO
+
+from flwr.app import Context
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+
+from fedsem_app.clients import check_model_name
+from fedsem_app.comm import MeteredGrid
+from fedsem_app.config import AppConfig, ConfigError, load_app_config
+from fedsem_app.data import load_split
+from fedsem_app.results import RunLog, make_run_folder
+from fedsem_app.strategies import get_strategy_class
+
+app = ServerApp()
+
+
+def check_setup(cfg: AppConfig):
+    """Fail before any training on a wrong strategy, model or data setting.
+
+    Returns
+    -------
+    tuple
+        The strategy class and the server's data split.
+    """
+    strategy_cls = get_strategy_class(cfg.strategy)
+    for name in cfg.model.names:
+        try:
+            check_model_name(name)
+        except ValueError as err:
+            raise ConfigError("model.names", str(err)) from err
+    if strategy_cls.exchanges_parameters and len(set(cfg.model.names)) > 1:
+        raise ConfigError(
+            "model.names",
+            f"strategy {cfg.strategy!r} averages adapters and needs one shared base model, "
+            f"got {', '.join(sorted(set(cfg.model.names)))}; use strategy='fedsem' for mixed "
+            "models or set a single model.names",
+        )
+    split = load_split(cfg.data, cfg.seed)
+    if cfg.fedsem.prompts_per_round > len(split.public):
+        raise ConfigError(
+            "fedsem.prompts-per-round",
+            f"{cfg.fedsem.prompts_per_round} exceeds the {len(split.public)} public prompts; "
+            "lower it or raise data.public-fraction",
+        )
+    return strategy_cls, split
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run one federated job end to end and write its results folder."""
+    cfg = load_app_config(context.run_config)
+    strategy_cls, split = check_setup(cfg)
+
+    meter = MeteredGrid(grid)
+    folder = make_run_folder(cfg.results_root, cfg.run_name, cfg.strategy)
+    log(INFO, "fedsem: strategy %s, %d rounds, models %s; results in %s", cfg.strategy,
+        cfg.num_server_rounds, ", ".join(cfg.model.names), folder)
+    run_log = RunLog(folder, cfg.to_flat(), cfg.num_server_rounds, meter.snapshot)
+
+    strategy = strategy_cls(cfg, split, run_log)
+    strategy.start(
+        grid=meter,
+        initial_arrays=strategy.initial_arrays(),
+        num_rounds=cfg.num_server_rounds,
+        timeout=cfg.round_timeout,
+    )
+    summary = run_log.finish({"strategy": cfg.strategy, "results": str(folder)})
+    log(INFO, "fedsem: done: %s", summary)

@@ -1,0 +1,198 @@
+"""Common ground of every strategy in the app: evaluation, reply checks, run log.
+
+All strategies extend Flower's :class:`~flwr.serverapp.strategy.FedAvg` (node
+sampling, message construction, weighted metric averaging) through
+:class:`AppStrategy`, which adds what makes runs comparable: the same held-out
+test prompts in every evaluate message, the same reply validation, and one
+:class:`~fedsem_app.results.RunLog` row per round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from typing import Any, ClassVar
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from fedsem_app import protocol as p
+from fedsem_app.config import AppConfig
+from fedsem_app.data import DataSplit
+from fedsem_app.results import RunLog
+from fedsem_app.validation import check_metrics, reply_error
+
+EVAL_METRICS = (p.NUM_EXAMPLES, p.ROUGE_L, p.EMBED_SIM, p.NLL)
+TRAIN_METRICS = (p.NUM_EXAMPLES, p.TRAIN_LOSS)
+
+
+def qa_record(pairs: Iterable[Any], with_answers: bool = True) -> ConfigRecord:
+    """Pack QA pairs as parallel lists (ConfigRecords hold same-type lists only)."""
+    pairs = list(pairs)
+    record = ConfigRecord({p.IDS: [q.id for q in pairs], p.PROMPTS: [q.prompt for q in pairs]})
+    if with_answers:
+        record[p.TEXTS] = [q.answer for q in pairs]
+    return record
+
+
+class AppStrategy(FedAvg):
+    """FedAvg plus the app's shared evaluation, validation and bookkeeping.
+
+    Parameters
+    ----------
+    app
+        The validated run configuration.
+    split
+        The server's view of the data: test prompts and public prompts.
+    run_log
+        Where per-round rows go.
+
+    Notes
+    -----
+    Subclasses set :attr:`name` and, if they average adapters,
+    ``exchanges_parameters = True`` (the server then refuses mixed models).
+    """
+
+    name: ClassVar[str] = ""
+    exchanges_parameters: ClassVar[bool] = False
+
+    def __init__(self, app: AppConfig, split: DataSplit, run_log: RunLog, **fedavg: Any) -> None:
+        fedavg.setdefault("min_train_nodes", app.min_clients)
+        fedavg.setdefault("min_evaluate_nodes", app.min_clients)
+        fedavg.setdefault("min_available_nodes", app.min_clients)
+        super().__init__(
+            weighted_by_key=p.NUM_EXAMPLES,
+            arrayrecord_key=p.ADAPTER,
+            configrecord_key=p.TRAIN_CONFIG,
+            **fedavg,
+        )
+        self.app = app
+        self.split = split
+        self.run_log = run_log
+        self._test = qa_record(split.test[: app.eval.num_prompts])
+
+    # --- helpers for subclasses ----------------------------------------------------
+    def sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
+        """Sample node ids as FedAvg does (fraction of connected nodes, at least ``minimum``)."""
+        num_nodes = int(len(list(grid.get_node_ids())) * fraction)
+        node_ids, _ = sample_nodes(grid, self.min_available_nodes, max(num_nodes, minimum))
+        return node_ids
+
+    def usable(self, server_round: int, replies: Iterable[Message], phase: str,
+               required: Iterable[str]) -> tuple[list[Message], int]:
+        """Keep replies that carry no error and finite metrics; log each drop with its node.
+
+        Returns
+        -------
+        tuple
+            The usable replies and the number dropped.
+        """
+        required = tuple(required)
+        kept, dropped = [], 0
+        for msg in replies:
+            reason = reply_error(msg) or check_metrics(msg.content, required)
+            if reason:
+                dropped += 1
+                log(WARNING, "round %d %s: dropped reply of node %d: %s", server_round, phase,
+                    msg.metadata.src_node_id, reason)
+            else:
+                kept.append(msg)
+        return kept, dropped
+
+    def enough(self, server_round: int, phase: str, n_usable: int) -> bool:
+        """Whether at least ``min-clients`` usable replies arrived; log clearly if not."""
+        if n_usable >= self.app.min_clients:
+            return True
+        log(WARNING, "round %d %s: only %d usable replies, fewer than min-clients=%d; "
+            "this round makes no update (lower min-clients or check the client logs above)",
+            server_round, phase, n_usable, self.app.min_clients)
+        return False
+
+    @staticmethod
+    def client_rows(replies: Iterable[Message]) -> list[dict[str, Any]]:
+        """Per-client metrics of a phase, with node id and model name."""
+        rows = []
+        for msg in replies:
+            info = msg.content.get(p.INFO, ConfigRecord())
+            rows.append({"node": msg.metadata.src_node_id,
+                         "model": info.get(p.MODEL_NAME, ""),
+                         **dict(msg.content[p.METRICS])})
+        return rows
+
+    def record_train(self, server_round: int, replies: list[Message], dropped: int,
+                     extra: dict[str, Any]) -> MetricRecord | None:
+        """Average train metrics, log per-client rows and merge into the round row."""
+        rows = self.client_rows(replies)
+        self.run_log.add_clients(server_round, "train", rows)
+        metrics = self.train_metrics_aggr_fn([m.content for m in replies], p.NUM_EXAMPLES) \
+            if replies else MetricRecord()
+        for key in (p.TRAIN_SECONDS, p.GENERATE_SECONDS):
+            # Clients run in parallel in deployment: the slowest one bounds the round.
+            values = [r[key] for r in rows if key in r]
+            if values:
+                metrics[f"max-{key}"] = max(values)
+        metrics.update({"train-replies": len(replies), "dropped-replies": dropped, **extra})
+        self.run_log.add(server_round, {k: v for k, v in metrics.items()
+                                        if k not in (p.TRAIN_SECONDS, p.GENERATE_SECONDS)})
+        return metrics
+
+    def initial_arrays(self) -> ArrayRecord:
+        """Arrays to start from: none for text strategies; parameter ones override."""
+        return ArrayRecord()
+
+    # --- Strategy interface ----------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Start the round's row, then configure training as FedAvg does."""
+        self.run_log.start_round(server_round)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate replies, then aggregate with FedAvg (adapters weighted by examples)."""
+        t0 = time.perf_counter()
+        kept, dropped = self.usable(server_round, replies, "train", TRAIN_METRICS)
+        vetted = [m for m in kept if self.check_adapter(server_round, m)]
+        dropped += len(kept) - len(vetted)
+        kept, arrays = vetted, None
+        if self.enough(server_round, "train", len(kept)):
+            arrays, _ = super().aggregate_train(server_round, kept)
+        metrics = self.record_train(server_round, kept, dropped,
+                                    {"server-seconds": time.perf_counter() - t0})
+        return arrays, metrics
+
+    def check_adapter(self, server_round: int, message: Message) -> bool:
+        """Hook for parameter strategies to vet a returned adapter (default: accept)."""
+        return True
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """FedAvg's evaluate messages plus the shared held-out test prompts."""
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        for msg in messages:
+            msg.content[p.TEST] = self._test
+        return messages
+
+    def aggregate_evaluate(self, server_round: int,
+                           replies: Iterable[Message]) -> MetricRecord | None:
+        """Average evaluation metrics by example count and close the round's row."""
+        kept, dropped = self.usable(server_round, replies, "evaluate", EVAL_METRICS)
+        self.run_log.add_clients(server_round, "evaluate", self.client_rows(kept))
+        metrics = super().aggregate_evaluate(server_round, kept) if kept else None
+        row: dict[str, Any] = {"eval-replies": len(kept), "eval-dropped": dropped}
+        if metrics is not None:
+            row.update(dict(metrics))
+        self.run_log.add(server_round, row)
+        self.run_log.close_round(server_round)
+        return metrics
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        log(INFO, "\t├── strategy: %s (%s)", self.name, type(self).__name__)
+        log(INFO, "\t├── min clients: %d, fraction train: %.2f", self.app.min_clients,
+            self.fraction_train)
+        log(INFO, "\t└── test prompts: %d", len(self._test[p.IDS]))

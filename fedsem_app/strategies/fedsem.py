@@ -1,0 +1,167 @@
+"""FedSem: federated fine-tuning by semantic consensus over generated answers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fedsem_app import protocol as p
+from fedsem_app.consensus import consensus
+from fedsem_app.data import QAPair
+from fedsem_app.embedding import embed
+from fedsem_app.strategies import register_strategy
+from fedsem_app.strategies.base import TRAIN_METRICS, AppStrategy, qa_record
+from fedsem_app.validation import ValidAnswers, check_answers
+
+NUM_SAMPLES = 5  # prompts per round written to consensus_samples.jsonl
+
+
+def public_slice(public: Sequence[QAPair], server_round: int, budget: int) -> list[QAPair]:
+    """The round's public prompts: consecutive windows that wrap around the public set."""
+    start = (server_round - 1) * budget
+    return [public[(start + i) % len(public)] for i in range(min(budget, len(public)))]
+
+
+def answer_grid(answers: Sequence[ValidAnswers]) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+    """Stack K clients' answers into prompt-major (P x K) texts, mask and confidences."""
+    texts = [list(col) for col in zip(*(a.texts for a in answers))]
+    mask = np.stack([a.valid for a in answers], axis=1)
+    confidences = np.stack([a.confidences for a in answers], axis=1)
+    return texts, mask, confidences
+
+
+def embed_grid(texts: list[list[str]], mask: np.ndarray, embedder: str,
+               device: str = "cpu") -> torch.Tensor:
+    """Embed every valid answer in one batched call into a (P, K, D) tensor (zeros elsewhere)."""
+    flat = [texts[i][k] for i, k in zip(*np.nonzero(mask))]
+    vectors = embed(flat, embedder, device)
+    grid = np.zeros((*mask.shape, vectors.shape[1]), dtype=np.float32)
+    grid[mask] = vectors  # np.nonzero and boolean indexing share row-major order
+    return torch.from_numpy(grid)
+
+
+@register_strategy("fedsem")
+class FedSem(AppStrategy):
+    """Semantic consensus over clients' answers to shared public prompts.
+
+    Each round the server sends the round's public prompts and last round's
+    consensus texts (pseudo-labels). Clients fine-tune their own model (any
+    architecture) on their private data plus the pseudo-labelled pairs, then
+    answer the public prompts. The server embeds all answers in one batched
+    call, picks a consensus answer per prompt with the configured rule and keeps
+    it as the next round's pseudo-label. No parameters cross the network.
+
+    Wire contract (see :mod:`fedsem_app.protocol`)
+    -----------------------------------------------
+    Train message to the client:
+        ``config`` ConfigRecord with ``server-round``; ``public`` ConfigRecord with
+        ``ids`` (list[int]) and ``prompts`` (list[str]) to answer; ``pseudo``
+        ConfigRecord with ``ids``, ``prompts`` and ``texts`` (the pseudo-labels).
+    The client must reply with:
+        ``answers`` ConfigRecord with ``ids`` (the ids it was sent, same order),
+        ``texts`` (one answer per prompt) and ``confidences`` (mean token
+        log-prob per answer, finite); ``metrics`` MetricRecord with
+        ``num-examples`` and ``train-loss``; ``info`` ConfigRecord with ``model-name``.
+
+    Parameters
+    ----------
+    app, split, run_log
+        See :class:`~fedsem_app.strategies.base.AppStrategy`.
+    """
+
+    name = "fedsem"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pseudo_labels: list[QAPair] = []
+        self._prompts: dict[int, list[QAPair]] = {}
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Send the round's public prompts and the previous round's pseudo-labels."""
+        self.run_log.start_round(server_round)
+        prompts = public_slice(self.split.public, server_round, self.app.fedsem.prompts_per_round)
+        self._prompts[server_round] = prompts
+        node_ids = self.sample(grid, self.fraction_train, self.min_train_nodes)
+        log(INFO, "configure_train: %d nodes, %d public prompts, %d pseudo-labels",
+            len(node_ids), len(prompts), len(self.pseudo_labels))
+        config[p.ROUND] = server_round
+        content = RecordDict({
+            p.TRAIN_CONFIG: config,
+            p.PUBLIC: qa_record(prompts, with_answers=False),
+            p.PSEUDO: qa_record(self.pseudo_labels),
+        })
+        return self._construct_messages(content, node_ids, MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate answers, embed them, form the consensus and keep the pseudo-labels."""
+        t0 = time.perf_counter()
+        prompts = self._prompts.pop(server_round)
+        ids = [q.id for q in prompts]
+        kept, dropped = self.usable(server_round, replies, "train", TRAIN_METRICS)
+        voters: list[tuple[Message, ValidAnswers]] = []
+        for msg in kept:
+            answers, reason = check_answers(msg.content, ids, self.app.fedsem.max_answer_chars)
+            node = msg.metadata.src_node_id
+            if answers is None:
+                dropped += 1
+                log(WARNING, "round %d train: dropped reply of node %d: %s", server_round,
+                    node, reason)
+                continue
+            for problem in answers.problems:
+                log(WARNING, "round %d: node %d left out of %s", server_round, node, problem)
+            voters.append((msg, answers))
+
+        extra: dict[str, Any] = {}
+        if self.enough(server_round, "train", len(voters)):
+            extra = self._consensus(server_round, prompts, voters)
+        extra["server-seconds"] = time.perf_counter() - t0
+        metrics = self.record_train(server_round, [m for m, _ in voters], dropped, extra)
+        return None, metrics
+
+    def _consensus(self, server_round: int, prompts: list[QAPair],
+                   voters: list[tuple[Message, ValidAnswers]]) -> dict[str, Any]:
+        cfg = self.app.fedsem
+        texts, mask, confidences = answer_grid([a for _, a in voters])
+        t_embed = time.perf_counter()
+        embeddings = embed_grid(texts, mask, cfg.embedder)
+        t_consensus = time.perf_counter()
+        result = consensus(
+            cfg.consensus, embeddings, torch.from_numpy(mask),
+            confidences=torch.from_numpy(confidences), min_agreement=cfg.min_agreement,
+            cluster_threshold=cfg.cluster_threshold, confidence_weight=cfg.confidence_weight,
+        )
+        t_end = time.perf_counter()
+        chosen = [i for i in range(len(prompts)) if not result.abstained[i]]
+        self.pseudo_labels = [
+            QAPair(prompts[i].id, prompts[i].prompt, texts[i][result.index[i]], prompts[i].category)
+            for i in chosen
+        ]
+        models = [m.content.get(p.INFO, ConfigRecord()).get(p.MODEL_NAME, "") for m, _ in voters]
+        nodes = [m.metadata.src_node_id for m, _ in voters]
+        self.run_log.add_samples(server_round, [
+            {"prompt-id": prompts[i].id, "prompt": prompts[i].prompt,
+             "answers": [{"node": n, "model": mdl, "text": texts[i][k], "valid": bool(mask[i, k])}
+                         for k, (n, mdl) in enumerate(zip(nodes, models))],
+             "chosen": int(result.index[i]), "agreement": float(result.agreement[i]),
+             "abstained": bool(result.abstained[i])}
+            for i in range(min(NUM_SAMPLES, len(prompts)))
+        ])
+        valid_agreement = result.agreement[~result.abstained]
+        return {
+            "pseudo-labels": len(self.pseudo_labels),
+            "abstained": int(result.abstained.sum()),
+            "agreement-mean": float(valid_agreement.mean()) if len(valid_agreement) else 0.0,
+            "embed-seconds": t_consensus - t_embed,
+            "consensus-seconds": t_end - t_consensus,
+            "answers-masked": int((~mask).sum()),
+        }
