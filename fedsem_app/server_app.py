@@ -32,10 +32,10 @@ def check_setup(cfg: AppConfig):
             check_model_name(name)
         except ValueError as err:
             raise ConfigError("model.names", str(err)) from err
-    if strategy_cls.exchanges_parameters and len(set(cfg.model.names)) > 1:
+    if strategy_cls.needs_shared_model and len(set(cfg.model.names)) > 1:
         raise ConfigError(
             "model.names",
-            f"strategy {cfg.strategy!r} averages adapters and needs one shared base model, "
+            f"strategy {cfg.strategy!r} needs one shared base model, "
             f"got {', '.join(sorted(set(cfg.model.names)))}; use strategy='fedsem' for mixed "
             "models or set a single model.names",
         )

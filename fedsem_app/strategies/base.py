@@ -54,11 +54,11 @@ class AppStrategy(FedAvg):
     Notes
     -----
     Subclasses set :attr:`name` and, if they average adapters,
-    ``exchanges_parameters = True`` (the server then refuses mixed models).
+    ``needs_shared_model = True`` (the server then refuses mixed models).
     """
 
     name: ClassVar[str] = ""
-    exchanges_parameters: ClassVar[bool] = False
+    needs_shared_model: ClassVar[bool] = False
 
     def __init__(self, app: AppConfig, split: DataSplit, run_log: RunLog, **fedavg: Any) -> None:
         fedavg.setdefault("min_train_nodes", app.min_clients)
