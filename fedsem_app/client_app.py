@@ -27,9 +27,10 @@ STATE_ADAPTER = "fedsem-adapter"  # key of this node's own adapter in context.st
 
 
 @functools.lru_cache(maxsize=32)
-def private_pairs(data: DataConfig, seed: int, node: NodeConfig,
-                  all_partitions: bool = False) -> tuple[QAPair, ...]:
-    """This node's private data: its own file, its partition, or (pooled) the whole pool."""
+def private_pairs(
+    data: DataConfig, seed: int, node: NodeConfig, all_partitions: bool = False
+) -> tuple[QAPair, ...]:
+    """Private data of a node: its own file, its partition, or (pooled) the whole pool."""
     if node.data_path:
         return tuple(load_node_private(node.data_path, data))
     if all_partitions:
@@ -42,9 +43,14 @@ def _setup(context: Context):
     node = load_node_config(context.node_config, cfg)
     set_num_threads(cfg.train.num_threads)
     try:
-        client = load_client(node.model_name, cfg.lora, device=resolve_device(node.device),
-                             cache_dir=cfg.model.cache_path, template=cfg.model.template,
-                             seed=cfg.seed)
+        client = load_client(
+            node.model_name,
+            cfg.lora,
+            device=resolve_device(node.device),
+            cache_dir=cfg.model.cache_path,
+            template=cfg.model.template,
+            seed=cfg.seed,
+        )
     except Exception as err:
         raise RuntimeError(
             f"node with partition-id {node.partition_id}: cannot load model-name "
@@ -65,14 +71,16 @@ def _restore_adapter(client, msg: Message, context: Context) -> None:
 
 
 def _adapter_record(client) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in client.adapter_state().items()})
+    return ArrayRecord(
+        {k: Array(np.ascontiguousarray(v)) for k, v in client.adapter_state().items()}
+    )
 
 
 def _qa(record: ConfigRecord | None) -> list[tuple[int, str, str]]:
     if record is None:
         return []
     texts = record.get(p.TEXTS, [""] * len(record.get(p.IDS, [])))
-    return list(zip(record.get(p.IDS, []), record.get(p.PROMPTS, []), texts))
+    return list(zip(record.get(p.IDS, []), record.get(p.PROMPTS, []), texts, strict=True))
 
 
 def _info(cfg: AppConfig, node: NodeConfig) -> ConfigRecord:
@@ -87,8 +95,9 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config.get(p.ROUND, 0))
     _restore_adapter(client, msg, context)
 
-    private = private_pairs(cfg.data, cfg.seed, node,
-                            bool(config.get(p.TRAIN_ON_ALL_PARTITIONS, False)))
+    private = private_pairs(
+        cfg.data, cfg.seed, node, bool(config.get(p.TRAIN_ON_ALL_PARTITIONS, False))
+    )
     pairs = [(q.prompt, q.answer) for q in private]
     pairs += [(prompt, text) for _, prompt, text in _qa(msg.content.get(p.PSEUDO))]
     stats = client.train(pairs, cfg.train, seed=cfg.seed + 1000 * server_round + node.partition_id)
@@ -106,11 +115,13 @@ def train(msg: Message, context: Context) -> Message:
         t0 = time.perf_counter()
         texts, confidences = client.generate([prompt for _, prompt, _ in public], cfg.gen)
         metrics[p.GENERATE_SECONDS] = time.perf_counter() - t0
-        content[p.ANSWERS] = ConfigRecord({
-            p.IDS: [i for i, _, _ in public],
-            p.TEXTS: list(texts),
-            p.CONFIDENCES: [float(c) for c in confidences],
-        })
+        content[p.ANSWERS] = ConfigRecord(
+            {
+                p.IDS: [i for i, _, _ in public],
+                p.TEXTS: list(texts),
+                p.CONFIDENCES: [float(c) for c in confidences],
+            }
+        )
     if config.get(p.RETURN_ADAPTER, False):
         content[p.ADAPTER] = context.state[STATE_ADAPTER]
     content[p.METRICS] = MetricRecord(metrics)

@@ -171,12 +171,8 @@ class FedSemConfig:
         _check(self.prompts_per_round > 0, "fedsem.prompts-per-round", "must be positive")
         _check_choice(self.consensus, CONSENSUS_RULES, "fedsem.consensus")
         _check(-1 <= self.min_agreement <= 1, "fedsem.min-agreement", "must be in [-1, 1]")
-        _check(
-            -1 <= self.cluster_threshold <= 1, "fedsem.cluster-threshold", "must be in [-1, 1]"
-        )
-        _check(
-            0 <= self.confidence_weight <= 1, "fedsem.confidence-weight", "must be in [0, 1]"
-        )
+        _check(-1 <= self.cluster_threshold <= 1, "fedsem.cluster-threshold", "must be in [-1, 1]")
+        _check(0 <= self.confidence_weight <= 1, "fedsem.confidence-weight", "must be in [0, 1]")
         _check(self.max_answer_chars > 0, "fedsem.max-answer-chars", "must be positive")
 
 
@@ -220,8 +216,10 @@ class AppConfig:
 
         Absolute because the ServerApp runs in the SuperLink's working directory.
         """
-        return Path(self.results_dir).expanduser().resolve() if self.results_dir else (
-            DEFAULT_HOME / "runs"
+        return (
+            Path(self.results_dir).expanduser().resolve()
+            if self.results_dir
+            else (DEFAULT_HOME / "runs")
         )
 
     def to_flat(self) -> dict[str, Any]:

@@ -44,7 +44,9 @@ def get_embedder(name: str, device: str = "cpu"):
         ) from err
 
 
-def embed(texts: Sequence[str], name: str, device: str = "cpu", batch_size: int = 128) -> np.ndarray:
+def embed(
+    texts: Sequence[str], name: str, device: str = "cpu", batch_size: int = 128
+) -> np.ndarray:
     """Embed texts in one batched call; rows are L2-normalised float32.
 
     Parameters
@@ -76,8 +78,9 @@ def embed(texts: Sequence[str], name: str, device: str = "cpu", batch_size: int 
     return vectors.astype(np.float32, copy=False)
 
 
-def cosine_to_reference(candidates: Sequence[str], references: Sequence[str], name: str,
-                        device: str = "cpu") -> np.ndarray:
+def cosine_to_reference(
+    candidates: Sequence[str], references: Sequence[str], name: str, device: str = "cpu"
+) -> np.ndarray:
     """Cosine similarity of each candidate to its reference (same length lists)."""
     if len(candidates) != len(references):
         raise ValueError("candidates and references must have the same length")

@@ -21,11 +21,20 @@ def _scorer():
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """ROUGE-L F-measure of each prediction against its reference (rouge-score)."""
     scorer = _scorer()
-    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    return [
+        scorer.score(ref, pred)["rougeL"].fmeasure
+        for pred, ref in zip(predictions, references, strict=True)
+    ]
 
 
-def evaluate_client(client, prompts: Sequence[str], references: Sequence[str], gen_cfg,
-                    embedder: str, device: str = "cpu") -> dict[str, float]:
+def evaluate_client(
+    client,
+    prompts: Sequence[str],
+    references: Sequence[str],
+    gen_cfg,
+    embedder: str,
+    device: str = "cpu",
+) -> dict[str, float]:
     """Generate answers to the test prompts and score them against the references.
 
     Returns
@@ -39,7 +48,7 @@ def evaluate_client(client, prompts: Sequence[str], references: Sequence[str], g
     answers, _ = client.generate(list(prompts), gen_cfg)
     rouge = rouge_l(answers, references)
     sims = cosine_to_reference(answers, references, embedder, device)
-    nll = client.nll(list(zip(prompts, references)))
+    nll = client.nll(list(zip(prompts, references, strict=True)))
     return {
         p.NUM_EXAMPLES: len(prompts),
         p.ROUGE_L: float(sum(rouge) / len(rouge)),

@@ -95,8 +95,9 @@ class RunLog:
         (``{"bytes-down-train": n, ...}``); per-round deltas are derived from it.
     """
 
-    def __init__(self, folder: Path, config: Mapping[str, Any], num_rounds: int,
-                 byte_totals=lambda: {}) -> None:
+    def __init__(
+        self, folder: Path, config: Mapping[str, Any], num_rounds: int, byte_totals=lambda: {}
+    ) -> None:
         self.folder = folder
         self.num_rounds = num_rounds
         self._byte_totals = byte_totals
@@ -120,8 +121,10 @@ class RunLog:
         """Append per-client metrics of one phase (``train``/``evaluate``)."""
         with open(self.folder / "clients.jsonl", "a") as fh:
             for row in rows:
-                fh.write(json.dumps({"round": server_round, "phase": phase, **row},
-                                    default=_jsonable) + "\n")
+                fh.write(
+                    json.dumps({"round": server_round, "phase": phase, **row}, default=_jsonable)
+                    + "\n"
+                )
 
     def add_samples(self, server_round: int, samples: list[Mapping[str, Any]]) -> None:
         """Append consensus samples (prompt, every client's answer, the choice)."""
@@ -179,8 +182,17 @@ class RunLog:
 
 
 def _column_order(key: str) -> tuple[int, str]:
-    first = ("round", "rouge-l", "embed-sim", "nll", "perplexity", "bytes-down", "bytes-up",
-             "bytes-cumulative", "round-seconds")
+    first = (
+        "round",
+        "rouge-l",
+        "embed-sim",
+        "nll",
+        "perplexity",
+        "bytes-down",
+        "bytes-up",
+        "bytes-cumulative",
+        "round-seconds",
+    )
     return (first.index(key), key) if key in first else (len(first), key)
 
 
@@ -196,7 +208,7 @@ def plot_run(rows: list[Mapping[str, Any]], folder: Path) -> None:
     for key in QUALITY_KEYS:
         points = [(r["round"], r[key]) for r in rows if _finite(r.get(key))]
         if points:
-            ax.plot(*zip(*points), marker="o", label=key)
+            ax.plot(*zip(*points, strict=True), marker="o", label=key)
     ax.set_xlabel("round")
     ax.set_ylabel("score (test prompts)")
     ax.set_title("Quality per round")

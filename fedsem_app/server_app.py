@@ -57,8 +57,14 @@ def main(grid: Grid, context: Context) -> None:
 
     meter = MeteredGrid(grid)
     folder = make_run_folder(cfg.results_root, cfg.run_name, cfg.strategy)
-    log(INFO, "fedsem: strategy %s, %d rounds, models %s; results in %s", cfg.strategy,
-        cfg.num_server_rounds, ", ".join(cfg.model.names), folder)
+    log(
+        INFO,
+        "fedsem: strategy %s, %d rounds, models %s; results in %s",
+        cfg.strategy,
+        cfg.num_server_rounds,
+        ", ".join(cfg.model.names),
+        folder,
+    )
     run_log = RunLog(folder, cfg.to_flat(), cfg.num_server_rounds, meter.snapshot)
 
     strategy = strategy_cls(cfg, split, run_log)

@@ -66,8 +66,9 @@ def check_metrics(content: RecordDict, required: Iterable[str]) -> str | None:
     return None
 
 
-def check_answers(content: RecordDict, expected_ids: Sequence[int],
-                  max_chars: int) -> tuple[ValidAnswers | None, str | None]:
+def check_answers(
+    content: RecordDict, expected_ids: Sequence[int], max_chars: int
+) -> tuple[ValidAnswers | None, str | None]:
     """Validate a FedSem answers record against the prompt ids that were sent.
 
     A structurally wrong record (missing, wrong types, ids not matching, a
@@ -90,15 +91,17 @@ def check_answers(content: RecordDict, expected_ids: Sequence[int],
         return None, f"returned {len(texts)} texts for {len(expected_ids)} prompts"
     if not isinstance(ids, list) or list(ids) != list(expected_ids):
         return None, "prompt ids do not match the ids that were sent"
-    if not isinstance(confs, list) or len(confs) != len(texts) or not all(
-        isinstance(c, (int, float)) and not isinstance(c, bool) for c in confs
+    if (
+        not isinstance(confs, list)
+        or len(confs) != len(texts)
+        or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in confs)
     ):
         return None, f"'{p.CONFIDENCES}' must be one number per text"
 
     valid = np.ones(len(texts), dtype=bool)
     problems = []
     clean = list(texts)
-    for i, (text, conf) in enumerate(zip(texts, confs)):
+    for i, (text, conf) in enumerate(zip(texts, confs, strict=True)):
         reason = None
         if not text.strip():
             reason = "empty answer"

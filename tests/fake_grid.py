@@ -21,8 +21,13 @@ def wire_copy(content: RecordDict) -> RecordDict:
 class FakeGrid(Grid):
     """Nodes 1..N, each with its own Context (partition-id, num-partitions, state)."""
 
-    def __init__(self, client_app: Callable[[Message, Context], Message], num_nodes: int,
-                 run_config: dict, node_configs: list[dict] | None = None) -> None:
+    def __init__(
+        self,
+        client_app: Callable[[Message, Context], Message],
+        num_nodes: int,
+        run_config: dict,
+        node_configs: list[dict] | None = None,
+    ) -> None:
         TaskIdentity.run_id = 1
         TaskIdentity.node_id = 0
         TaskIdentity.task_id = 1
@@ -31,8 +36,13 @@ class FakeGrid(Grid):
         for i in range(num_nodes):
             node_config = {"partition-id": i, "num-partitions": num_nodes}
             node_config.update((node_configs or [{}] * num_nodes)[i])
-            self.contexts[i + 1] = Context(run_id=1, node_id=i + 1, node_config=node_config,
-                                           state=RecordDict(), run_config=dict(run_config))
+            self.contexts[i + 1] = Context(
+                run_id=1,
+                node_id=i + 1,
+                node_config=node_config,
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
         self.offline: set[int] = set()
         self.sent: list[Message] = []
 
@@ -62,13 +72,17 @@ class FakeGrid(Grid):
             node_id = msg.metadata.dst_node_id
             if node_id in self.offline:
                 continue  # no reply, as with a node that went away
-            inbound = Message(content=wire_copy(msg.content), dst_node_id=node_id,
-                              message_type=msg.metadata.message_type)
+            inbound = Message(
+                content=wire_copy(msg.content),
+                dst_node_id=node_id,
+                message_type=msg.metadata.message_type,
+            )
             try:
                 reply = self.client_app(inbound, self.contexts[node_id])
                 out = Message(content=wire_copy(reply.content), reply_to=msg)
             except Exception as err:  # noqa: BLE001 - becomes an error reply, as in Flower
-                out = Message(error=Error(code=1, reason=f"{type(err).__name__}: {err}"),
-                              reply_to=msg)
+                out = Message(
+                    error=Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=msg
+                )
             replies.append(out)
         return replies

@@ -25,8 +25,10 @@ def test_metered_grid_counts_both_directions_and_errors_as_zero():
         return Message(content=text_record(50), reply_to=msg)
 
     grid = MeteredGrid(FakeGrid(client, num_nodes=2, run_config={}))
-    out = [Message(content=text_record(20), dst_node_id=n, message_type="train")
-           for n in grid.get_node_ids()]
+    out = [
+        Message(content=text_record(20), dst_node_id=n, message_type="train")
+        for n in grid.get_node_ids()
+    ]
     replies = list(grid.send_and_receive(out))
     assert len(replies) == 2 and replies[1].has_error()
     assert grid.totals[("down", "train")] == 2 * record_bytes(text_record(20))
@@ -48,7 +50,10 @@ def test_run_log_derives_round_deltas_and_writes_files(tmp_path):
     run_log.add(2, {"rouge-l": 0.3, "embed-sim": 0.4})
     row = run_log.close_round(2)
     assert (row["bytes-down-train"], row["bytes-up-train"], row["bytes-down-evaluate"]) == (
-        150, 60, 7)
+        150,
+        60,
+        7,
+    )
     assert row["bytes-down"] == 157 and row["bytes-up"] == 60
     assert row["bytes-cumulative"] == 357
     summary = run_log.finish()

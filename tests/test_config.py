@@ -1,7 +1,7 @@
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from fedsem_app.config import (
     AppConfig,
@@ -36,8 +36,14 @@ def test_pyproject_defaults_match_dataclass_defaults():
 
 
 def test_overrides_are_typed():
-    cfg = load_app_config({"train.local-steps": 7, "round-timeout": 60,
-                           "model.names": "tiny-llama, tiny-gpt2", "strategy": "fedsem"})
+    cfg = load_app_config(
+        {
+            "train.local-steps": 7,
+            "round-timeout": 60,
+            "model.names": "tiny-llama, tiny-gpt2",
+            "strategy": "fedsem",
+        }
+    )
     assert cfg.train.local_steps == 7
     assert cfg.round_timeout == 60.0 and isinstance(cfg.round_timeout, float)
     assert cfg.model.names == ("tiny-llama", "tiny-gpt2")
@@ -83,8 +89,16 @@ def test_node_config_wins_over_run_config(tmp_path):
     data = tmp_path / "mine.jsonl"
     data.write_text('{"prompt": "q", "answer": "a"}\n')
     cfg = load_app_config({"model.names": "tiny-llama,tiny-gpt2", "model.device": "cpu"})
-    node = load_node_config({"partition-id": 1, "num-partitions": 2, "model-name": "tiny-opt",
-                             "data-path": str(data), "device": "cuda:1"}, cfg)
+    node = load_node_config(
+        {
+            "partition-id": 1,
+            "num-partitions": 2,
+            "model-name": "tiny-opt",
+            "data-path": str(data),
+            "device": "cuda:1",
+        },
+        cfg,
+    )
     assert (node.model_name, node.data_path, node.device) == ("tiny-opt", str(data), "cuda:1")
     plain = load_node_config({"partition-id": 1, "num-partitions": 2}, cfg)
     assert (plain.model_name, plain.data_path, plain.device) == ("tiny-gpt2", "", "cpu")

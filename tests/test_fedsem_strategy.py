@@ -27,18 +27,31 @@ def scripted_client(behaviour):
         part = ctx.node_config["partition-id"]
         if msg.metadata.message_type == p.EVALUATE:
             n = len(msg.content[p.TEST][p.IDS])
-            metrics = {p.NUM_EXAMPLES: n, p.ROUGE_L: 0.1 * (part + 1), p.EMBED_SIM: 0.5,
-                       p.NLL: 2.0, p.PERPLEXITY: math.exp(2.0)}
+            metrics = {
+                p.NUM_EXAMPLES: n,
+                p.ROUGE_L: 0.1 * (part + 1),
+                p.EMBED_SIM: 0.5,
+                p.NLL: 2.0,
+                p.PERPLEXITY: math.exp(2.0),
+            }
             return Message(content=RecordDict({p.METRICS: MetricRecord(metrics)}), reply_to=msg)
         public = msg.content[p.PUBLIC]
         seen.setdefault(part, []).append(list(msg.content[p.PSEUDO].get(p.TEXTS, [])))
         texts, confs, ids = behaviour[part](list(public[p.PROMPTS]), list(public[p.IDS]))
-        content = RecordDict({
-            p.ANSWERS: ConfigRecord({p.IDS: ids, p.TEXTS: texts, p.CONFIDENCES: confs}),
-            p.METRICS: MetricRecord({p.NUM_EXAMPLES: 10, p.TRAIN_LOSS: 1.0,
-                                     p.TRAIN_SECONDS: 0.1, p.GENERATE_SECONDS: 0.2}),
-            p.INFO: ConfigRecord({p.MODEL_NAME: f"scripted-{part}"}),
-        })
+        content = RecordDict(
+            {
+                p.ANSWERS: ConfigRecord({p.IDS: ids, p.TEXTS: texts, p.CONFIDENCES: confs}),
+                p.METRICS: MetricRecord(
+                    {
+                        p.NUM_EXAMPLES: 10,
+                        p.TRAIN_LOSS: 1.0,
+                        p.TRAIN_SECONDS: 0.1,
+                        p.GENERATE_SECONDS: 0.2,
+                    }
+                ),
+                p.INFO: ConfigRecord({p.MODEL_NAME: f"scripted-{part}"}),
+            }
+        )
         return Message(content=content, reply_to=msg)
 
     return app, seen
@@ -49,16 +62,24 @@ def answer_all(text, conf=-0.5):
 
 
 def run(tmp_path, behaviour, **overrides):
-    cfg = load_app_config({"fedsem.prompts-per-round": 4, "eval.num-prompts": 3,
-                           "num-server-rounds": 2, "min-clients": 2, **overrides})
+    cfg = load_app_config(
+        {
+            "fedsem.prompts-per-round": 4,
+            "eval.num-prompts": 3,
+            "num-server-rounds": 2,
+            "min-clients": 2,
+            **overrides,
+        }
+    )
     split = load_split(cfg.data, cfg.seed)
     app, seen = scripted_client(behaviour)
     grid = MeteredGrid(FakeGrid(app, len(behaviour), cfg.to_flat()))
     folder = make_run_folder(tmp_path, "t", "fedsem")
     run_log = RunLog(folder, cfg.to_flat(), cfg.num_server_rounds, grid.snapshot)
     strategy = get_strategy_class("fedsem")(cfg, split, run_log)
-    strategy.start(grid=grid, initial_arrays=strategy.initial_arrays(),
-                   num_rounds=cfg.num_server_rounds)
+    strategy.start(
+        grid=grid, initial_arrays=strategy.initial_arrays(), num_rounds=cfg.num_server_rounds
+    )
     return strategy, run_log, seen, folder
 
 

@@ -8,8 +8,7 @@ from fedsem_app.validation import check_answers, check_metrics
 
 
 def reply(ids, texts, confs):
-    return RecordDict({p.ANSWERS: ConfigRecord({p.IDS: ids, p.TEXTS: texts,
-                                                p.CONFIDENCES: confs})})
+    return RecordDict({p.ANSWERS: ConfigRecord({p.IDS: ids, p.TEXTS: texts, p.CONFIDENCES: confs})})
 
 
 def test_good_reply_is_fully_valid():
@@ -44,18 +43,23 @@ def test_bad_single_answers_are_masked_not_the_reply():
     assert answers.valid.tolist() == [True, False, False, False]
     assert answers.texts == ["ok", "", "", ""]
     assert answers.confidences.tolist() == [np.float32(-0.1), 0.0, 0.0, 0.0]
-    assert answers.problems == ["prompt 2: empty answer",
-                                "prompt 3: answer of 11 chars exceeds 10",
-                                "prompt 4: non-finite confidence"]
+    assert answers.problems == [
+        "prompt 2: empty answer",
+        "prompt 3: answer of 11 chars exceeds 10",
+        "prompt 4: non-finite confidence",
+    ]
 
 
 def test_metrics_checks():
     good = RecordDict({p.METRICS: MetricRecord({p.NUM_EXAMPLES: 3, p.TRAIN_LOSS: 1.5})})
     assert check_metrics(good, [p.NUM_EXAMPLES, p.TRAIN_LOSS]) is None
     assert "miss train-loss" in check_metrics(
-        RecordDict({p.METRICS: MetricRecord({p.NUM_EXAMPLES: 3})}), [p.TRAIN_LOSS])
+        RecordDict({p.METRICS: MetricRecord({p.NUM_EXAMPLES: 3})}), [p.TRAIN_LOSS]
+    )
     assert "not finite" in check_metrics(
-        RecordDict({p.METRICS: MetricRecord({p.NUM_EXAMPLES: 3, p.TRAIN_LOSS: math.inf})}), [])
+        RecordDict({p.METRICS: MetricRecord({p.NUM_EXAMPLES: 3, p.TRAIN_LOSS: math.inf})}), []
+    )
     assert "positive" in check_metrics(
-        RecordDict({p.METRICS: MetricRecord({p.NUM_EXAMPLES: 0})}), [])
+        RecordDict({p.METRICS: MetricRecord({p.NUM_EXAMPLES: 0})}), []
+    )
     assert "no MetricRecord" in check_metrics(RecordDict(), [])

@@ -38,5 +38,7 @@ def get_strategy_class(name: str) -> type[AppStrategy]:
     for module in _MODULES:
         importlib.import_module(f"fedsem_app.strategies.{module}")
     if name not in STRATEGIES:
-        raise ConfigError("strategy", f"got {name!r}; allowed values: {', '.join(sorted(STRATEGIES))}")
+        raise ConfigError(
+            "strategy", f"got {name!r}; allowed values: {', '.join(sorted(STRATEGIES))}"
+        )
     return STRATEGIES[name]

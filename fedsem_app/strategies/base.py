@@ -82,8 +82,9 @@ class AppStrategy(FedAvg):
         node_ids, _ = sample_nodes(grid, self.min_available_nodes, max(num_nodes, minimum))
         return node_ids
 
-    def usable(self, server_round: int, replies: Iterable[Message], phase: str,
-               required: Iterable[str]) -> tuple[list[Message], int]:
+    def usable(
+        self, server_round: int, replies: Iterable[Message], phase: str, required: Iterable[str]
+    ) -> tuple[list[Message], int]:
         """Keep replies that carry no error and finite metrics; log each drop with its node.
 
         Returns
@@ -97,8 +98,14 @@ class AppStrategy(FedAvg):
             reason = reply_error(msg) or check_metrics(msg.content, required)
             if reason:
                 dropped += 1
-                log(WARNING, "round %d %s: dropped reply of node %d: %s", server_round, phase,
-                    msg.metadata.src_node_id, reason)
+                log(
+                    WARNING,
+                    "round %d %s: dropped reply of node %d: %s",
+                    server_round,
+                    phase,
+                    msg.metadata.src_node_id,
+                    reason,
+                )
             else:
                 kept.append(msg)
         return kept, dropped
@@ -107,9 +114,15 @@ class AppStrategy(FedAvg):
         """Whether at least ``min-clients`` usable replies arrived; log clearly if not."""
         if n_usable >= self.app.min_clients:
             return True
-        log(WARNING, "round %d %s: only %d usable replies, fewer than min-clients=%d; "
+        log(
+            WARNING,
+            "round %d %s: only %d usable replies, fewer than min-clients=%d; "
             "this round makes no update (lower min-clients or check the client logs above)",
-            server_round, phase, n_usable, self.app.min_clients)
+            server_round,
+            phase,
+            n_usable,
+            self.app.min_clients,
+        )
         return False
 
     @staticmethod
@@ -118,26 +131,36 @@ class AppStrategy(FedAvg):
         rows = []
         for msg in replies:
             info = msg.content.get(p.INFO, ConfigRecord())
-            rows.append({"node": msg.metadata.src_node_id,
-                         "model": info.get(p.MODEL_NAME, ""),
-                         **dict(msg.content[p.METRICS])})
+            rows.append(
+                {
+                    "node": msg.metadata.src_node_id,
+                    "model": info.get(p.MODEL_NAME, ""),
+                    **dict(msg.content[p.METRICS]),
+                }
+            )
         return rows
 
-    def record_train(self, server_round: int, replies: list[Message], dropped: int,
-                     extra: dict[str, Any]) -> MetricRecord | None:
+    def record_train(
+        self, server_round: int, replies: list[Message], dropped: int, extra: dict[str, Any]
+    ) -> MetricRecord | None:
         """Average train metrics, log per-client rows and merge into the round row."""
         rows = self.client_rows(replies)
         self.run_log.add_clients(server_round, "train", rows)
-        metrics = self.train_metrics_aggr_fn([m.content for m in replies], p.NUM_EXAMPLES) \
-            if replies else MetricRecord()
+        metrics = (
+            self.train_metrics_aggr_fn([m.content for m in replies], p.NUM_EXAMPLES)
+            if replies
+            else MetricRecord()
+        )
         for key in (p.TRAIN_SECONDS, p.GENERATE_SECONDS):
             # Clients run in parallel in deployment: the slowest one bounds the round.
             values = [r[key] for r in rows if key in r]
             if values:
                 metrics[f"max-{key}"] = max(values)
         metrics.update({"train-replies": len(replies), "dropped-replies": dropped, **extra})
-        self.run_log.add(server_round, {k: v for k, v in metrics.items()
-                                        if k not in (p.TRAIN_SECONDS, p.GENERATE_SECONDS)})
+        self.run_log.add(
+            server_round,
+            {k: v for k, v in metrics.items() if k not in (p.TRAIN_SECONDS, p.GENERATE_SECONDS)},
+        )
         return metrics
 
     def initial_arrays(self) -> ArrayRecord:
@@ -145,14 +168,16 @@ class AppStrategy(FedAvg):
         return ArrayRecord()
 
     # --- Strategy interface ----------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Start the round's row, then configure training as FedAvg does."""
         self.run_log.start_round(server_round)
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate replies, then aggregate with FedAvg (adapters weighted by examples)."""
         t0 = time.perf_counter()
         kept, dropped = self.usable(server_round, replies, "train", TRAIN_METRICS)
@@ -161,24 +186,27 @@ class AppStrategy(FedAvg):
         kept, arrays = vetted, None
         if self.enough(server_round, "train", len(kept)):
             arrays, _ = super().aggregate_train(server_round, kept)
-        metrics = self.record_train(server_round, kept, dropped,
-                                    {"server-seconds": time.perf_counter() - t0})
+        metrics = self.record_train(
+            server_round, kept, dropped, {"server-seconds": time.perf_counter() - t0}
+        )
         return arrays, metrics
 
     def check_adapter(self, server_round: int, message: Message) -> bool:
         """Hook for parameter strategies to vet a returned adapter (default: accept)."""
         return True
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """FedAvg's evaluate messages plus the shared held-out test prompts."""
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         for msg in messages:
             msg.content[p.TEST] = self._test
         return messages
 
-    def aggregate_evaluate(self, server_round: int,
-                           replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         """Average evaluation metrics by example count and close the round's row."""
         kept, dropped = self.usable(server_round, replies, "evaluate", EVAL_METRICS)
         self.run_log.add_clients(server_round, "evaluate", self.client_rows(kept))
@@ -193,6 +221,10 @@ class AppStrategy(FedAvg):
     def summary(self) -> None:
         """Log the strategy's settings."""
         log(INFO, "\t├── strategy: %s (%s)", self.name, type(self).__name__)
-        log(INFO, "\t├── min clients: %d, fraction train: %.2f", self.app.min_clients,
-            self.fraction_train)
+        log(
+            INFO,
+            "\t├── min clients: %d, fraction train: %.2f",
+            self.app.min_clients,
+            self.fraction_train,
+        )
         log(INFO, "\t└── test prompts: %d", len(self._test[p.IDS]))

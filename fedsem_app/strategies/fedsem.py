@@ -32,16 +32,17 @@ def public_slice(public: Sequence[QAPair], server_round: int, budget: int) -> li
 
 def answer_grid(answers: Sequence[ValidAnswers]) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
     """Stack K clients' answers into prompt-major (P x K) texts, mask and confidences."""
-    texts = [list(col) for col in zip(*(a.texts for a in answers))]
+    texts = [list(col) for col in zip(*(a.texts for a in answers), strict=True)]
     mask = np.stack([a.valid for a in answers], axis=1)
     confidences = np.stack([a.confidences for a in answers], axis=1)
     return texts, mask, confidences
 
 
-def embed_grid(texts: list[list[str]], mask: np.ndarray, embedder: str,
-               device: str = "cpu") -> torch.Tensor:
+def embed_grid(
+    texts: list[list[str]], mask: np.ndarray, embedder: str, device: str = "cpu"
+) -> torch.Tensor:
     """Embed every valid answer in one batched call into a (P, K, D) tensor (zeros elsewhere)."""
-    flat = [texts[i][k] for i, k in zip(*np.nonzero(mask))]
+    flat = [texts[i][k] for i, k in zip(*np.nonzero(mask), strict=True)]
     vectors = embed(flat, embedder, device)
     grid = np.zeros((*mask.shape, vectors.shape[1]), dtype=np.float32)
     grid[mask] = vectors  # np.nonzero and boolean indexing share row-major order
@@ -84,25 +85,34 @@ class FedSem(AppStrategy):
         self.pseudo_labels: list[QAPair] = []
         self._prompts: dict[int, list[QAPair]] = {}
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Send the round's public prompts and the previous round's pseudo-labels."""
         self.run_log.start_round(server_round)
         prompts = public_slice(self.split.public, server_round, self.app.fedsem.prompts_per_round)
         self._prompts[server_round] = prompts
         node_ids = self.sample(grid, self.fraction_train, self.min_train_nodes)
-        log(INFO, "configure_train: %d nodes, %d public prompts, %d pseudo-labels",
-            len(node_ids), len(prompts), len(self.pseudo_labels))
+        log(
+            INFO,
+            "configure_train: %d nodes, %d public prompts, %d pseudo-labels",
+            len(node_ids),
+            len(prompts),
+            len(self.pseudo_labels),
+        )
         config[p.ROUND] = server_round
-        content = RecordDict({
-            p.TRAIN_CONFIG: config,
-            p.PUBLIC: qa_record(prompts, with_answers=False),
-            p.PSEUDO: qa_record(self.pseudo_labels),
-        })
+        content = RecordDict(
+            {
+                p.TRAIN_CONFIG: config,
+                p.PUBLIC: qa_record(prompts, with_answers=False),
+                p.PSEUDO: qa_record(self.pseudo_labels),
+            }
+        )
         return self._construct_messages(content, node_ids, MessageType.TRAIN)
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate answers, embed them, form the consensus and keep the pseudo-labels."""
         t0 = time.perf_counter()
         prompts = self._prompts.pop(server_round)
@@ -114,8 +124,13 @@ class FedSem(AppStrategy):
             node = msg.metadata.src_node_id
             if answers is None:
                 dropped += 1
-                log(WARNING, "round %d train: dropped reply of node %d: %s", server_round,
-                    node, reason)
+                log(
+                    WARNING,
+                    "round %d train: dropped reply of node %d: %s",
+                    server_round,
+                    node,
+                    reason,
+                )
                 continue
             for problem in answers.problems:
                 log(WARNING, "round %d: node %d left out of %s", server_round, node, problem)
@@ -128,17 +143,22 @@ class FedSem(AppStrategy):
         metrics = self.record_train(server_round, [m for m, _ in voters], dropped, extra)
         return None, metrics
 
-    def _consensus(self, server_round: int, prompts: list[QAPair],
-                   voters: list[tuple[Message, ValidAnswers]]) -> dict[str, Any]:
+    def _consensus(
+        self, server_round: int, prompts: list[QAPair], voters: list[tuple[Message, ValidAnswers]]
+    ) -> dict[str, Any]:
         cfg = self.app.fedsem
         texts, mask, confidences = answer_grid([a for _, a in voters])
         t_embed = time.perf_counter()
         embeddings = embed_grid(texts, mask, cfg.embedder)
         t_consensus = time.perf_counter()
         result = consensus(
-            cfg.consensus, embeddings, torch.from_numpy(mask),
-            confidences=torch.from_numpy(confidences), min_agreement=cfg.min_agreement,
-            cluster_threshold=cfg.cluster_threshold, confidence_weight=cfg.confidence_weight,
+            cfg.consensus,
+            embeddings,
+            torch.from_numpy(mask),
+            confidences=torch.from_numpy(confidences),
+            min_agreement=cfg.min_agreement,
+            cluster_threshold=cfg.cluster_threshold,
+            confidence_weight=cfg.confidence_weight,
         )
         t_end = time.perf_counter()
         chosen = [i for i in range(len(prompts)) if not result.abstained[i]]
@@ -148,14 +168,23 @@ class FedSem(AppStrategy):
         ]
         models = [m.content.get(p.INFO, ConfigRecord()).get(p.MODEL_NAME, "") for m, _ in voters]
         nodes = [m.metadata.src_node_id for m, _ in voters]
-        self.run_log.add_samples(server_round, [
-            {"prompt-id": prompts[i].id, "prompt": prompts[i].prompt,
-             "answers": [{"node": n, "model": mdl, "text": texts[i][k], "valid": bool(mask[i, k])}
-                         for k, (n, mdl) in enumerate(zip(nodes, models))],
-             "chosen": int(result.index[i]), "agreement": float(result.agreement[i]),
-             "abstained": bool(result.abstained[i])}
-            for i in range(min(NUM_SAMPLES, len(prompts)))
-        ])
+        self.run_log.add_samples(
+            server_round,
+            [
+                {
+                    "prompt-id": prompts[i].id,
+                    "prompt": prompts[i].prompt,
+                    "answers": [
+                        {"node": n, "model": mdl, "text": texts[i][k], "valid": bool(mask[i, k])}
+                        for k, (n, mdl) in enumerate(zip(nodes, models, strict=True))
+                    ],
+                    "chosen": int(result.index[i]),
+                    "agreement": float(result.agreement[i]),
+                    "abstained": bool(result.abstained[i]),
+                }
+                for i in range(min(NUM_SAMPLES, len(prompts)))
+            ],
+        )
         valid_agreement = result.agreement[~result.abstained]
         return {
             "pseudo-labels": len(self.pseudo_labels),
