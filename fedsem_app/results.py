@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 import os
 import time
 from collections.abc import Mapping
 from datetime import datetime
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from flwr.common.logger import log
 
 QUALITY_KEYS = ("rouge-l", "embed-sim")
 
@@ -148,7 +148,7 @@ class RunLog:
         self.rows.append(row)
         self._current = {}
         self._write()
-        log.info(format_progress(row, self.num_rounds))
+        log(INFO, format_progress(row, self.num_rounds))
         return row
 
     def _write(self) -> None:
@@ -163,7 +163,7 @@ class RunLog:
         try:
             plot_run(self.rows, self.folder)
         except Exception as err:  # noqa: BLE001 - a plot must never end a run
-            log.warning("could not draw plots: %s", err)
+            log(WARNING, "could not draw plots: %s", err)
 
     def finish(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write ``summary.json`` (last row, best quality, totals) and return it."""

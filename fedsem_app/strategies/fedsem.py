@@ -132,8 +132,16 @@ class FedSem(AppStrategy):
                     reason,
                 )
                 continue
-            for problem in answers.problems:
-                log(WARNING, "round %d: node %d left out of %s", server_round, node, problem)
+            if answers.problems:
+                log(
+                    WARNING,
+                    "round %d: node %d left out of %d prompt(s): %s",
+                    server_round,
+                    node,
+                    len(answers.problems),
+                    "; ".join(answers.problems[:3])
+                    + ("; ..." if len(answers.problems) > 3 else ""),
+                )
             voters.append((msg, answers))
 
         extra: dict[str, Any] = {}

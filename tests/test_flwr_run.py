@@ -1,0 +1,85 @@
+"""One real `flwr run` of the quick profile (local simulation, three architectures)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toml_value(value):
+    return (
+        json.dumps(value)
+        if isinstance(value, str)
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
+
+
+def write_profile(base: Path, extra: dict, out: Path) -> Path:
+    """conf/quick.toml plus extra flat keys, as one file (flwr takes one .toml)."""
+    flat = {}
+    for key, value in tomllib.loads(base.read_text()).items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    flat.update(extra)
+    out.write_text("".join(f'"{k}" = {toml_value(v)}\n' for k, v in flat.items()))
+    return out
+
+
+@pytest.mark.skipif(shutil.which("flwr") is None, reason="flwr CLI not on PATH")
+def test_quick_profile_runs_through_flwr(tmp_path):
+    profile = write_profile(
+        ROOT / "conf" / "quick.toml",
+        {"results-dir": str(tmp_path / "runs"), "run-name": "quick"},
+        tmp_path / "quick.toml",
+    )
+    env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(
+        [
+            "flwr",
+            "run",
+            ".",
+            "--stream",
+            "--run-config",
+            str(profile),
+            "--federation-config",
+            "num-supernodes=3",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    folder = tmp_path / "runs" / "quick"
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (folder / "summary.json").exists(), proc.stdout[-3000:]
+
+    rows = json.loads((folder / "metrics.json").read_text())
+    assert [r["round"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["train-replies"] == 3 and row["eval-replies"] == 3
+        assert row["bytes-up-train"] > 0 and row["bytes-down-evaluate"] > 0
+        assert 0.0 <= row["rouge-l"] <= 1.0
+    # Round 2 carries round 1's pseudo-labels, so it sends more than round 1.
+    assert rows[1]["bytes-down-train"] > rows[0]["bytes-down-train"]
+    samples = [json.loads(line) for line in (folder / "consensus_samples.jsonl").open()]
+    models = {a["model"] for s in samples for a in s["answers"]}
+    assert models == {"tiny-llama", "tiny-gpt2", "tiny-qwen2"}
+    assert json.loads((folder / "config.json").read_text())["model.names"] == (
+        "tiny-llama,tiny-gpt2,tiny-qwen2"
+    )
+    for plot in ("quality.png", "bytes.png"):
+        assert (folder / plot).stat().st_size > 1000
+    assert "[round 2/2]" in proc.stdout + proc.stderr
