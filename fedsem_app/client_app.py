@@ -17,7 +17,14 @@ from flwr.clientapp import ClientApp
 
 from fedsem_app import protocol as p
 from fedsem_app.clients import load_client, resolve_device, set_num_threads
-from fedsem_app.config import AppConfig, DataConfig, NodeConfig, load_app_config, load_node_config
+from fedsem_app.config import (
+    AppConfig,
+    ConfigError,
+    DataConfig,
+    NodeConfig,
+    load_app_config,
+    load_node_config,
+)
 from fedsem_app.data import QAPair, load_node_private, load_partition
 from fedsem_app.evaluation import evaluate_client
 
@@ -38,9 +45,14 @@ def private_pairs(
     return tuple(load_partition(data, seed, node.num_partitions, node.partition_id))
 
 
-def _setup(context: Context):
+def _setup(context: Context, config: ConfigRecord):
     cfg = load_app_config(context.run_config)
-    node = load_node_config(context.node_config, cfg)
+    try:
+        node = load_node_config(context.node_config, cfg)
+    except ConfigError as err:
+        # The server logs only a node id; name the node's partition as model errors do.
+        partition = context.node_config.get("partition-id", "?")
+        raise RuntimeError(f"node with partition-id {partition}: {err}") from err
     set_num_threads(cfg.train.num_threads)
     try:
         client = load_client(
@@ -48,7 +60,8 @@ def _setup(context: Context):
             cfg.lora,
             device=resolve_device(node.device),
             cache_dir=cfg.model.cache_path,
-            template=cfg.model.template,
+            # A strategy that defines its own prompt format (FedIT: alpaca) sends it.
+            template=str(config.get(p.TEMPLATE, "") or cfg.model.template),
             seed=cfg.seed,
         )
     except Exception as err:
@@ -90,14 +103,17 @@ def _info(cfg: AppConfig, node: NodeConfig) -> ConfigRecord:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune on private data (+ pseudo-labels); answer public prompts if sent."""
-    cfg, node, client = _setup(context)
     config = msg.content.get(p.TRAIN_CONFIG, ConfigRecord())
+    cfg, node, client = _setup(context, config)
     server_round = int(config.get(p.ROUND, 0))
     _restore_adapter(client, msg, context)
 
-    private = private_pairs(
-        cfg.data, cfg.seed, node, bool(config.get(p.TRAIN_ON_ALL_PARTITIONS, False))
-    )
+    try:
+        private = private_pairs(
+            cfg.data, cfg.seed, node, bool(config.get(p.TRAIN_ON_ALL_PARTITIONS, False))
+        )
+    except ConfigError as err:  # e.g. a node's data file without the mapped fields
+        raise RuntimeError(f"node with partition-id {node.partition_id}: {err}") from err
     pairs = [(q.prompt, q.answer) for q in private]
     pairs += [(prompt, text) for _, prompt, text in _qa(msg.content.get(p.PSEUDO))]
     stats = client.train(pairs, cfg.train, seed=cfg.seed + 1000 * server_round + node.partition_id)
@@ -131,7 +147,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the current model (global adapter if sent, else its own) on the test prompts."""
-    cfg, node, client = _setup(context)
+    cfg, node, client = _setup(context, msg.content.get(p.TRAIN_CONFIG, ConfigRecord()))
     _restore_adapter(client, msg, context)
     test = _qa(msg.content.get(p.TEST))
     if not test:

@@ -177,6 +177,20 @@ class FedSemConfig:
 
 
 @dataclass(frozen=True)
+class FedITConfig:
+    """Federated Instruction Tuning settings (used by the ``fedit`` strategy).
+
+    ``fraction_train`` is the share of connected clients sampled for each round's
+    training (Shepherd's ``client_selection_frac``); ``min-clients`` is the floor.
+    """
+
+    fraction_train: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(0 < self.fraction_train <= 1, "fedit.fraction-train", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     """Held-out evaluation budget."""
 
@@ -203,6 +217,7 @@ class AppConfig:
     gen: GenerationConfig = field(default_factory=GenerationConfig)
     data: DataConfig = field(default_factory=DataConfig)
     fedsem: FedSemConfig = field(default_factory=FedSemConfig)
+    fedit: FedITConfig = field(default_factory=FedITConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:

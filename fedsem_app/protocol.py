@@ -22,6 +22,7 @@ INFO = "info"  # ConfigRecord reply: MODEL_NAME and other strings
 ROUND = "server-round"
 RETURN_ADAPTER = "return-adapter"
 TRAIN_ON_ALL_PARTITIONS = "train-on-all-partitions"
+TEMPLATE = "template"  # prompt template the client must use (overrides model.template)
 IDS = "ids"
 PROMPTS = "prompts"
 TEXTS = "texts"

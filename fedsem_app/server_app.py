@@ -32,12 +32,14 @@ def check_setup(cfg: AppConfig):
             check_model_name(name)
         except ValueError as err:
             raise ConfigError("model.names", str(err)) from err
-    if strategy_cls.needs_shared_model and len(set(cfg.model.names)) > 1:
+    models = sorted(set(cfg.model.names))
+    if strategy_cls.needs_shared_model and len(models) > 1:
         raise ConfigError(
             "model.names",
-            f"strategy {cfg.strategy!r} needs one shared base model, "
-            f"got {', '.join(sorted(set(cfg.model.names)))}; use strategy='fedsem' for mixed "
-            "models or set a single model.names",
+            f"strategy {cfg.strategy!r} needs every client on one shared base model, but "
+            f"model.names mixes {len(models)} models: {', '.join(models)}. Run mixed models "
+            "with strategy='fedsem' (it exchanges answers, not weights), or pick one model, "
+            f"e.g. --run-config \"strategy='{cfg.strategy}' model.names='{cfg.model.names[0]}'\"",
         )
     split = load_split(cfg.data, cfg.seed)
     if cfg.fedsem.prompts_per_round > len(split.public):

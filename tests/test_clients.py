@@ -10,6 +10,8 @@ import json
 import math
 import os
 import re
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -162,6 +164,21 @@ def test_resolve_device_and_threads():
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize(("assigned", "expected"), [(3.0, 3), (0.5, 1)])
+def test_set_num_threads_uses_the_cpus_ray_assigned(monkeypatch, assigned, expected):
+    resources = {"CPU": assigned}
+    fake_ray = types.SimpleNamespace(
+        is_initialized=lambda: True,
+        get_runtime_context=lambda: types.SimpleNamespace(get_assigned_resources=lambda: resources),
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    before = torch.get_num_threads()
+    try:
+        assert set_num_threads(0) == expected and torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
+
+
 # -- templates and tokenization ------------------------------------------------------------
 
 
@@ -176,10 +193,10 @@ def test_plain_and_alpaca_templates(tokenizer):
         format_prompt(tokenizer, "Why?", "nope")
 
 
-def test_chat_template_and_fallback(tokenizer):
+def test_chat_template_and_fallback(tokenizer, cache_dir):
     assert tokenizer.chat_template is None
     assert format_prompt(tokenizer, "Why?", "chat") == "Question: Why?\nAnswer: "
-    chat_tokenizer = load_tiny_tokenizer(tokenizer.name_or_path.rsplit("/", 1)[0])
+    chat_tokenizer = load_tiny_tokenizer(cache_dir)  # a separate copy to modify
     chat_tokenizer.chat_template = (
         "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
         "{% if add_generation_prompt %}<assistant>{% endif %}"
@@ -324,11 +341,12 @@ def test_training_on_one_pair_lowers_its_nll(client):
     pair = [("What is a bygglov?", "A building permit from the municipality.")]
     before = client.nll(pair)
     stats = client.train(
-        pair, TrainConfig(local_steps=30, batch_size=2, learning_rate=1e-2), seed=0
+        pair, TrainConfig(local_steps=30, batch_size=1, learning_rate=1e-2), seed=0
     )
     after = client.nll(pair)
     assert stats["train-steps"] == 30
-    assert after < 0.5 * before, (before, after)
+    # Random-init start: about ln(2000) = 7.6 nats per token; 30 steps must cut > 1 nat.
+    assert before > 7.0 and after < before - 1.0, (before, after)
 
 
 def test_train_without_steps_or_pairs_changes_nothing(client):
@@ -422,12 +440,47 @@ def test_load_client_cache_hit_returns_same_object(cache_dir):
     clear_client_cache()
 
 
-def test_batched_generation_matches_one_by_one(client):
+def test_local_folder_loads_like_the_registered_model(cache_dir):
+    clear_client_cache()
+    registered = load_client("tiny-opt", LORA, cache_dir=cache_dir)
+    folder = load_client(str(cache_dir / "tiny-opt"), LORA, cache_dir=cache_dir)
+    assert folder is not registered and folder.architecture == "opt"
+    assert model_architecture(str(cache_dir / "tiny-opt")) == "opt"
+    assert folder.nll(PAIRS) == registered.nll(PAIRS)
+    for key, value in registered.adapter_state().items():
+        np.testing.assert_array_equal(folder.adapter_state()[key], value)
+    clear_client_cache()
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_batched_generation_matches_one_by_one(name, cache_dir):
+    # Left padding must not change an answer: positions and masks follow the padding.
+    clear_client_cache()
+    client = load_client(name, LORA, cache_dir=cache_dir)
     prompts = ["Hi", "What does a building permit in Helsingborg cost?", "Why?"]
     batched = client.generate(prompts, GenerationConfig(max_new_tokens=6, batch_size=3))
     single = client.generate(prompts, GenerationConfig(max_new_tokens=6, batch_size=1))
     assert batched[0] == single[0]
     np.testing.assert_allclose(batched[1], single[1], atol=1e-4)
+    clear_client_cache()
+
+
+def test_generate_matches_step_by_step_greedy_decoding(client):
+    # Reference: argmax decoding with a full forward pass per step, log-probs by hand.
+    settings = GenerationConfig(max_new_tokens=6, batch_size=1)
+    (text,), (confidence,) = client.generate(["What is a bygglov?"], settings)
+    ids = encode_prompt(client.tokenizer, client.prompt_text("What is a bygglov?"))
+    new, logprobs = [], []
+    with torch.no_grad():
+        for _ in range(6):
+            logits = client.model(input_ids=torch.tensor([ids + new])).logits[0, -1]
+            token = int(logits.argmax())
+            new.append(token)
+            logprobs.append(float(torch.log_softmax(logits, dim=-1)[token]))
+            if token == client.tokenizer.eos_token_id:
+                break
+    assert text == client.tokenizer.decode(new, skip_special_tokens=True).strip()
+    assert confidence == pytest.approx(sum(logprobs) / len(logprobs), abs=1e-4)
 
 
 def test_nll_is_mean_over_answer_tokens(client):

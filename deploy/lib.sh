@@ -1,0 +1,60 @@
+# Shared helpers of the deploy/*.sh scripts (sourced, not run).
+# shellcheck shell=bash
+
+# PID files and logs of the processes the start scripts launch.
+RUN_DIR="${FEDSEM_DEPLOY_DIR:-$HOME/.fedsem/deploy}"
+
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+need_cmd() {
+    command -v "$1" >/dev/null 2>&1 ||
+        die "'$1' not found on PATH; activate the project's environment (. .venv/bin/activate)"
+}
+
+need_file() {
+    [[ -f "$1" ]] || die "$2 '$1' does not exist"
+}
+
+abs_path() {
+    # Absolute path of an existing file, so PID files and config entries stay valid
+    # when the process runs from another directory.
+    (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")")
+}
+
+is_running() {
+    # Whether the PID in file $1 is alive.
+    [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+start_background() {
+    # start_background NAME READY_PATTERN WAIT_SECONDS CMD...
+    # Start CMD in its own session (so stop.sh can end it with all its children),
+    # record its PID, then wait until READY_PATTERN shows up in its log.
+    local name="$1" ready="$2" wait_s="$3"
+    shift 3
+    local pid_file="$RUN_DIR/$name.pid" log_file="$RUN_DIR/$name.log"
+    mkdir -p "$RUN_DIR"
+    if is_running "$pid_file"; then
+        die "$name already runs (PID $(cat "$pid_file")); stop it with deploy/stop.sh $name"
+    fi
+    setsid nohup "$@" >"$log_file" 2>&1 </dev/null &
+    echo $! >"$pid_file"
+    local waited=0
+    while ! grep -q -- "$ready" "$log_file" 2>/dev/null; do
+        if ! is_running "$pid_file"; then
+            tail -n 20 "$log_file" >&2
+            rm -f "$pid_file"
+            die "$name exited during start-up; full log: $log_file"
+        fi
+        if ((waited >= wait_s)); then
+            tail -n 20 "$log_file" >&2
+            die "$name not ready after ${wait_s}s (still running, PID $(cat "$pid_file")); log: $log_file"
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    echo "$name started: PID $(cat "$pid_file"), log $log_file"
+}

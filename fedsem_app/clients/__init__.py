@@ -1,0 +1,46 @@
+"""LLM clients: a model registry, loaders and the LoRA-adapted client class.
+
+Importing this package registers the built-in models (the packaged GGUF models and
+the tiny random-init models); loading happens only in :func:`load_client`.
+"""
+
+from fedsem_app.clients import packaged, tiny  # noqa: F401  (register the built-in models)
+from fedsem_app.clients.base import (
+    CausalLMClient,
+    answer_confidence,
+    build_example,
+    make_peft_config,
+)
+from fedsem_app.clients.registry import (
+    MODEL_REGISTRY,
+    ModelSpec,
+    available_models,
+    check_model_name,
+    clear_client_cache,
+    load_client,
+    model_architecture,
+    register_model,
+    resolve_device,
+    set_num_threads,
+)
+from fedsem_app.clients.templates import TEMPLATES, format_prompt, register_template
+
+__all__ = [
+    "MODEL_REGISTRY",
+    "TEMPLATES",
+    "CausalLMClient",
+    "ModelSpec",
+    "answer_confidence",
+    "available_models",
+    "build_example",
+    "check_model_name",
+    "clear_client_cache",
+    "format_prompt",
+    "load_client",
+    "make_peft_config",
+    "model_architecture",
+    "register_model",
+    "register_template",
+    "resolve_device",
+    "set_num_threads",
+]

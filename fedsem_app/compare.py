@@ -1,0 +1,300 @@
+"""``fedsem-compare``: run several strategies on one setting and line them up.
+
+Usage::
+
+    fedsem-compare conf/compare.toml [--out DIR] [--strategies a,b]
+                   [--federation-config "num-supernodes=3"]
+    fedsem-compare --runs RUN_DIR [RUN_DIR ...] --out DIR
+
+The first form runs each strategy in turn through the real Flower path
+(``flwr run . --run-config <file> --stream``) with the profile's shared
+settings, then writes ``comparison.md``, ``comparison.csv``,
+``quality_vs_round.png`` and ``quality_vs_bytes.png`` into the output folder
+(the runs themselves go to ``<out>/runs``, their logs to ``<out>/logs``). A
+failed run is reported in the table with its reason; the others go on. The
+second form only lines up existing run folders.
+
+A profile is a run-config TOML file (as in ``conf/``) plus a ``[compare]``
+table::
+
+    [compare]
+    strategies = ["fedsem", "fedavg-lora"]   # run in this order
+    out = "~/.fedsem/compare/smollm2"        # optional output folder
+    federation-config = "num-supernodes=3"   # optional
+
+Everything outside ``[compare]`` is handed to every run unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections import deque
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fedsem_app.comparison import RunRecord, load_run, markdown_table, table_row, write_comparison
+from fedsem_app.config import DEFAULT_HOME, ConfigError, load_app_config
+from fedsem_app.strategies import get_strategy_class
+
+DEFAULT_FEDERATION = "num-supernodes=3"
+COMPARE_KEYS = ("strategies", "out", "federation-config")
+_ERROR_LINE = re.compile(r"\b\w*(Error|Exception)\b:?\s")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+# --- profiles and run configs (pure) --------------------------------------------------
+
+
+def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested TOML tables -> flat dotted keys, as Flower's run config has them."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_profile(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a comparison profile into (shared flat run config, ``[compare]`` settings).
+
+    Raises
+    ------
+    ConfigError
+        On a ``[compare]`` key the command does not know, a missing strategy list,
+        or a shared key that the command sets itself.
+    """
+    raw = tomllib.loads(Path(path).read_text())
+    compare = dict(raw.pop("compare", {}))
+    unknown = sorted(set(compare) - set(COMPARE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"compare.{unknown[0]}", f"unknown key; allowed: {', '.join(COMPARE_KEYS)}"
+        )
+    strategies = compare.get("strategies", [])
+    if isinstance(strategies, str):
+        strategies = [s.strip() for s in strategies.split(",") if s.strip()]
+    if not strategies or not all(isinstance(s, str) for s in strategies):
+        raise ConfigError("compare.strategies", "give a list of strategy names")
+    compare["strategies"] = list(strategies)
+    shared = flatten(raw)
+    fixed = sorted(set(shared) & {"strategy", "results-dir", "run-name"})
+    if fixed:
+        raise ConfigError(fixed[0], "is set per run by fedsem-compare; remove it from the profile")
+    return shared, compare
+
+
+def toml_value(value: Any) -> str:
+    """A scalar as a TOML value (run configs hold no lists or tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    raise TypeError(f"run-config values must be scalars, got {value!r}")
+
+
+def run_config_text(flat: Mapping[str, Any]) -> str:
+    """A flat run config as a TOML file that ``flwr run --run-config`` accepts."""
+    return "".join(f"{json.dumps(key)} = {toml_value(value)}\n" for key, value in flat.items())
+
+
+def failure_reason(lines: Sequence[str], returncode: int) -> str:
+    """The most telling line of a failed run's output (the last exception line)."""
+    lines = [_ANSI.sub("", line) for line in lines]
+    for line in reversed(lines):
+        if _ERROR_LINE.search(line):
+            return line.strip()[:500]
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return f"flwr run exited with code {returncode}" + (f": {last[:300]}" if last else "")
+
+
+# --- running strategies through flwr --------------------------------------------------
+
+
+def flwr_env() -> dict[str, str]:
+    """Environment for ``flwr``: this interpreter first on PATH, no runtime dependency install."""
+    env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def default_app_dir() -> Path:
+    """The project folder holding ``pyproject.toml`` (source checkout), else the cwd."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+
+
+def run_strategy(
+    strategy: str,
+    flat: Mapping[str, Any],
+    runs_dir: Path,
+    run_name: str,
+    *,
+    app_dir: Path,
+    federation_config: str,
+    log_path: Path,
+) -> RunRecord:
+    """Run one strategy with ``flwr run`` and read its run folder.
+
+    The child's output is streamed to stdout line by line (prefixed with the
+    strategy) and saved to ``log_path``.
+    """
+    config = {**flat, "strategy": strategy, "results-dir": str(runs_dir), "run-name": run_name}
+    folder = runs_dir / run_name
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="fedsem-compare-") as tmp:
+        tmp.write(run_config_text(config))
+        tmp.flush()
+        command = [
+            "flwr",
+            "run",
+            str(app_dir),
+            "--run-config",
+            tmp.name,
+            "--stream",
+            "--federation-config",
+            federation_config,
+        ]
+        print(f"== {strategy}: {' '.join(command)}", flush=True)
+        tail: deque[str] = deque(maxlen=400)
+        t0 = time.perf_counter()
+        try:
+            with (
+                open(log_path, "w") as log_file,
+                subprocess.Popen(
+                    command,
+                    cwd=app_dir,
+                    env=flwr_env(),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    bufsize=1,
+                ) as proc,
+            ):
+                for line in proc.stdout:
+                    log_file.write(line)
+                    tail.append(line.rstrip("\n"))
+                    print(f"[{strategy}] {line}", end="", flush=True)
+                returncode = proc.wait()
+        except OSError as err:
+            return load_run(None, strategy, f"could not start flwr: {err}")
+    wall = time.perf_counter() - t0
+    error = ""
+    if returncode != 0:
+        error = failure_reason(list(tail), returncode)
+    elif not (folder / "summary.json").is_file():
+        error = failure_reason(list(tail), returncode)
+        error = f"no summary.json in {folder}; last error: {error}"
+    return load_run(folder, strategy, error, wall)
+
+
+def run_comparison(
+    profile: Path,
+    out: Path | None = None,
+    strategies: Sequence[str] | None = None,
+    federation_config: str | None = None,
+    app_dir: Path | None = None,
+) -> tuple[list[RunRecord], Path]:
+    """Run every strategy of a profile in turn and write the comparison into ``out``.
+
+    Returns
+    -------
+    tuple
+        The runs, in order, and the output folder.
+    """
+    shared, compare = read_profile(profile)
+    strategies = list(strategies or compare["strategies"])
+    federation_config = federation_config or compare.get("federation-config", DEFAULT_FEDERATION)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(out or compare.get("out") or DEFAULT_HOME / "compare" / stamp)
+    out = out.expanduser().resolve()
+    # Check every run's config before spending minutes on the first one.
+    for strategy in strategies:
+        get_strategy_class(strategy)
+        load_app_config({**shared, "strategy": strategy})
+    runs_dir = out / "runs"
+    runs: list[RunRecord] = []
+    notes = {"federation": f"`{federation_config}`", "profile": f"`{profile}`"}
+    for strategy in strategies:
+        run = run_strategy(
+            strategy,
+            shared,
+            runs_dir,
+            f"{strategy}-{stamp}",
+            app_dir=app_dir or default_app_dir(),
+            federation_config=federation_config,
+            log_path=out / "logs" / f"{strategy}.log",
+        )
+        status = "ok" if run.ok else f"FAILED: {run.error}"
+        print(f"== {strategy}: {status}", flush=True)
+        runs.append(run)
+        write_comparison(runs, out, notes)  # refreshed after each run
+    return runs, out
+
+
+# --- command line ------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedsem-compare",
+        description="Run strategies on one setting through flwr run, or line up finished "
+        "runs, and write comparison.md/.csv and plots.",
+    )
+    parser.add_argument("profile", nargs="?", type=Path, help="comparison profile (TOML)")
+    parser.add_argument("--runs", nargs="+", type=Path, help="existing run folders to line up")
+    parser.add_argument("--out", type=Path, help="output folder")
+    parser.add_argument(
+        "--strategies", help="comma-separated strategies (default: the profile's list)"
+    )
+    parser.add_argument(
+        "--federation-config",
+        default=None,
+        help=f"passed to flwr run (default: the profile's, else '{DEFAULT_FEDERATION}')",
+    )
+    parser.add_argument("--app", type=Path, help="Flower app folder (default: this project)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``fedsem-compare``; returns 0 if every run finished, else 1."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if bool(args.profile) == bool(args.runs):
+        parser.error("give either a profile or --runs RUN_DIR [RUN_DIR ...]")
+    try:
+        if args.runs:
+            if not args.out:
+                parser.error("--runs needs --out")
+            runs = [load_run(folder.expanduser().resolve()) for folder in args.runs]
+            out = args.out.expanduser().resolve()
+            write_comparison(runs, out)
+        else:
+            strategies = args.strategies.split(",") if args.strategies else None
+            runs, out = run_comparison(
+                args.profile, args.out, strategies, args.federation_config, args.app
+            )
+    except ConfigError as err:
+        print(f"fedsem-compare: {err}", file=sys.stderr)
+        return 2
+    print(markdown_table([table_row(r) for r in runs]))
+    print(f"comparison written to {out}")
+    return 0 if all(r.ok for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""FedAvg-LoRA: federated averaging of the LoRA adapters of one shared base model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fedsem_app import protocol as p
+from fedsem_app.clients import clear_client_cache, load_client
+from fedsem_app.strategies import register_strategy
+from fedsem_app.strategies.base import AppStrategy
+
+# Layout of an adapter: tensor name -> (shape, dtype), as Flower's Array describes them.
+Layout = dict[str, tuple[tuple[int, ...], str]]
+
+
+def adapter_layout(arrays: Mapping[str, Array]) -> Layout:
+    """Shape and dtype of every tensor of an adapter record."""
+    return {key: (tuple(array.shape), array.dtype) for key, array in arrays.items()}
+
+
+def adapter_problem(content, expected: Layout) -> str | None:
+    """Why a reply's adapter cannot be averaged into the global one, or None if it can.
+
+    Parameters
+    ----------
+    content
+        The reply's RecordDict.
+    expected
+        Layout of the global adapter that was sent (see :func:`adapter_layout`).
+
+    Returns
+    -------
+    str or None
+        The first problem found: a missing or extra record, keys, shapes or dtypes
+        that differ from the global adapter, or non-finite values.
+    """
+    record = content.get(p.ADAPTER)
+    if not isinstance(record, ArrayRecord):
+        return f"reply has no ArrayRecord '{p.ADAPTER}'"
+    if len(content.array_records) != 1:
+        # FedAvg averages every ArrayRecord of a reply: a second one would be mixed in.
+        return f"reply holds {len(content.array_records)} ArrayRecords, expected only '{p.ADAPTER}'"
+    missing = [key for key in expected if key not in record]
+    if missing:
+        return f"adapter misses {len(missing)} tensor(s), first: {missing[0]!r}"
+    extra = [key for key in record if key not in expected]
+    if extra:
+        return f"adapter has {len(extra)} unexpected tensor(s), first: {extra[0]!r}"
+    for key, array in record.items():
+        shape, dtype = expected[key]
+        if tuple(array.shape) != shape:
+            return f"tensor {key!r} has shape {tuple(array.shape)}, expected {shape}"
+        if array.dtype != dtype:
+            return f"tensor {key!r} has dtype {array.dtype}, expected {dtype}"
+        if not np.isfinite(array.numpy()).all():
+            return f"tensor {key!r} holds non-finite values"
+    return None
+
+
+@register_strategy("fedavg-lora")
+class FedAvgLora(AppStrategy):
+    """FedAvg over the LoRA adapters of one base model shared by every client.
+
+    The server builds the fresh global adapter from the configured model (every
+    client starts from the same one: the initial adapter depends only on model,
+    LoRA settings and seed). Each round the sampled clients load the global
+    adapter, fine-tune it on their private data and send it back; the server
+    averages the adapters weighted by the clients' private-data sizes
+    (Flower's FedAvg). Evaluation sends the new global adapter to the clients,
+    which score it on the shared test prompts. Mixed base models are refused.
+
+    Wire contract (see :mod:`fedsem_app.protocol`)
+    -----------------------------------------------
+    Train message to the client:
+        ``config`` ConfigRecord with ``server-round`` and ``return-adapter`` (true);
+        ``adapter`` ArrayRecord holding the global LoRA adapter (tensor name ->
+        float32 array), to load before training.
+    The client must reply with:
+        ``adapter`` ArrayRecord with the same tensor names, shapes and dtypes,
+        finite values, and no other ArrayRecord; ``metrics`` MetricRecord with
+        ``num-examples`` (its private-data size, the averaging weight) and
+        ``train-loss``; ``info`` ConfigRecord with ``model-name``.
+    Evaluate message to the client:
+        ``config`` ConfigRecord with ``server-round``; ``adapter`` (the global
+        adapter to evaluate); ``test`` ConfigRecord with ``ids``, ``prompts``, ``texts``.
+
+    Parameters
+    ----------
+    app, split, run_log
+        See :class:`~fedsem_app.strategies.base.AppStrategy`.
+    """
+
+    name = "fedavg-lora"
+    needs_shared_model = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._layout: Layout = {}
+
+    def initial_arrays(self) -> ArrayRecord:
+        """The fresh global adapter, built from the shared model on the server's CPU."""
+        client = load_client(
+            self.app.model.names[0],
+            self.app.lora,
+            device="cpu",
+            cache_dir=self.app.model.cache_path,
+            template=self.app.model.template,
+            seed=self.app.seed,
+        )
+        state = client.adapter_state()
+        # The server needs the model only for this adapter; free its weights.
+        clear_client_cache()
+        arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+        log(
+            INFO,
+            "%s: global LoRA adapter of %s: %d tensors, %d parameters (%.2f MB)",
+            self.name,
+            self.app.model.names[0],
+            len(state),
+            sum(v.size for v in state.values()),
+            sum(v.nbytes for v in state.values()) / 1e6,
+        )
+        return arrays
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Ask for the trained adapter back; FedAvg sends the global one under ``adapter``."""
+        config[p.RETURN_ADAPTER] = True
+        self._layout = adapter_layout(arrays)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def check_adapter(self, server_round: int, message: Message) -> bool:
+        """Accept a returned adapter only if it matches the global one and is finite."""
+        reason = adapter_problem(message.content, self._layout)
+        if reason is None:
+            return True
+        log(
+            WARNING,
+            "round %d train: dropped reply of node %d: %s",
+            server_round,
+            message.metadata.src_node_id,
+            reason,
+        )
+        return False
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        log(
+            INFO,
+            "\t├── averaging: LoRA adapters of %s, weighted by %s",
+            self.app.model.names[0],
+            p.NUM_EXAMPLES,
+        )
+        super().summary()
