@@ -107,9 +107,9 @@ if [[ -n "$auth_key" ]]; then
 fi
 [[ -n "$gpu" ]] && export CUDA_VISIBLE_DEVICES="$gpu"
 
+echo "node config: $node_config"
 if ((foreground)); then
     exec flower-supernode "${args[@]}"
 fi
 # "SuperNode ID" is logged once the SuperLink has accepted the node.
 start_background "$name" "SuperNode ID" "$wait_s" flower-supernode "${args[@]}"
-echo "node config: $node_config"
