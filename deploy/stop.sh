@@ -53,10 +53,10 @@ for entry in "${pids[@]}"; do
     n="${entry%%:*}"
     pid="${entry#*:}"
     for _ in $(seq 15); do
-        kill -0 -- "-$pid" 2>/dev/null || break  # anyone left in the group?
+        group_alive "$pid" || break
         sleep 1
     done
-    if kill -0 -- "-$pid" 2>/dev/null; then
+    if group_alive "$pid"; then
         kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"
         echo "$n: killed (PID $pid)"
     else
