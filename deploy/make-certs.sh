@@ -4,7 +4,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: deploy/make-certs.sh [-o DIR] [--days N] NAME_OR_IP...
+Usage: deploy/make-certs.sh [-o DIR] [--days N] [--force] NAME_OR_IP...
 
 Writes into DIR (default: deploy/certificates):
   ca.crt, ca.key          a private certificate authority
@@ -16,16 +16,20 @@ must be listed (they check it against the certificate), e.g.:
 
 Give ca.crt to every SuperNode (--root-certificates) and to every `flwr` user
 (root-certificates in the connection). Keep ca.key and server.key private.
+An existing ca.crt in DIR is never replaced (every node trusts it); pass --force
+to start over with a new CA.
 EOF
 }
 
 out_dir="deploy/certificates"
 days=365
+force=0
 names=()
 while (($#)); do
     case "$1" in
         -o | --out) out_dir="$2"; shift 2 ;;
         --days) days="$2"; shift 2 ;;
+        --force) force=1; shift ;;
         -h | --help) usage; exit 0 ;;
         -*) usage >&2; exit 2 ;;
         *) names+=("$1"); shift ;;
@@ -45,6 +49,10 @@ for name in "${names[@]}"; do
 done
 san_line=$(IFS=,; echo "${sans[*]}")
 
+if [[ -f "$out_dir/ca.crt" ]] && ((force == 0)); then
+    echo "error: $out_dir/ca.crt exists; nodes may trust it already (use --force to replace)" >&2
+    exit 1
+fi
 mkdir -p "$out_dir"
 cd "$out_dir"
 umask 077  # private keys readable by their owner only

@@ -80,6 +80,12 @@ need_cmd flower-supernode
 need_cmd flwr-clientapp  # the SuperNode starts one ClientApp process per message
 name="${name:-supernode-$port}"
 
+if [[ -n "$data_path" ]]; then
+    # Checked here: a wrong path would otherwise fail only inside every round.
+    need_file "$data_path" "--data-path"
+    data_path="$(abs_path "$data_path")"  # ClientApps run in another directory
+fi
+
 # Node config: what this node runs. Strings are TOML-quoted.
 node_config="partition-id=$partition_id num-partitions=$num_partitions"
 for pair in "model-name=$model_name" "data-path=$data_path" "device=$device"; do
@@ -88,11 +94,6 @@ for pair in "model-name=$model_name" "data-path=$data_path" "device=$device"; do
     [[ "$value" == *'"'* ]] && die "${pair%%=*} must not contain a double quote"
     node_config+=" ${pair%%=*}=\"$value\""
 done
-if [[ -n "$data_path" ]]; then
-    # Checked here: a wrong path would otherwise fail only inside every round.
-    need_file "$data_path" "--data-path"
-    node_config="${node_config/data-path=\"$data_path\"/data-path=\"$(abs_path "$data_path")\"}"
-fi
 
 args=(--superlink "$superlink" --port "$port" --node-config "$node_config")
 if ((insecure)); then

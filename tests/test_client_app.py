@@ -93,3 +93,18 @@ def test_adapter_changes_with_training_and_is_restored(tmp_path, cache_dir):
     assert fresh.keys() == trained.keys()
     assert any(not np.allclose(fresh[k], trained[k]) for k in fresh)
     assert p.ADAPTER not in grid._grid.sent[0].content  # fedsem never ships parameters
+
+
+def test_node_with_missing_data_file_is_named_and_the_round_goes_on(tmp_path, cache_dir, caplog):
+    node_configs = [{}, {"data-path": str(tmp_path / "gone.jsonl")}, {}]
+    _, run_log, _ = run_fedsem(
+        tmp_path,
+        cache_dir,
+        ["tiny-llama", "tiny-gpt2", "tiny-llama"],
+        rounds=1,
+        node_configs=node_configs,
+    )
+    row = run_log.rows[0]
+    assert row["train-replies"] == 2 and row["dropped-replies"] == 1
+    assert "node with partition-id 1: config key 'data-path'" in caplog.text
+    assert "gone.jsonl" in caplog.text

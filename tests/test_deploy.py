@@ -177,6 +177,9 @@ def test_two_fedsem_rounds_on_three_authenticated_supernodes(deployment):
             "run-name": "deploy",
             "model.cache-dir": str(dep.cache),
             "min-clients": 3,
+            # Offline nodes are answered by the SuperLink within ~60 s (heartbeats); this
+            # bounds a node that hangs, well inside the flwr run timeout below.
+            "round-timeout": 480,
             # Three ClientApp processes share two cores here: no oversubscription.
             "train.num-threads": 1,
         },
