@@ -280,6 +280,7 @@ def _plot(runs: Sequence[RunRecord], path: Path, x_key: str, x_label: str, log_x
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(QUALITY), figsize=(5 * len(QUALITY), 3.8))
     for ax, (key, title) in zip(axes, QUALITY, strict=True):
@@ -294,6 +295,8 @@ def _plot(runs: Sequence[RunRecord], path: Path, x_key: str, x_label: str, log_x
                 ax.plot(*zip(*points, strict=True), marker="o", label=label)
         if log_x:
             ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(x_label)
         ax.set_ylabel(f"{title} (test prompts)")
         ax.set_title(title)

@@ -202,6 +202,7 @@ def plot_run(rows: list[Mapping[str, Any]], folder: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [r["round"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -210,6 +211,7 @@ def plot_run(rows: list[Mapping[str, Any]], folder: Path) -> None:
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=key)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("score (test prompts)")
     ax.set_title("Quality per round")
     ax.grid(alpha=0.3)
@@ -228,6 +230,7 @@ def plot_run(rows: list[Mapping[str, Any]], folder: Path) -> None:
             cumulative.append(acc)
         ax.plot(rounds, cumulative, marker=".", label=key.replace("bytes-", ""))
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("cumulative bytes")
     ax.set_title("Communication")
     ax.grid(alpha=0.3)
