@@ -26,6 +26,7 @@ from fedsem_app.config import (
     load_node_config,
 )
 from fedsem_app.data import QAPair, load_node_private, load_partition
+from fedsem_app.energy import EnergyMeter
 from fedsem_app.evaluation import evaluate_client
 
 app = ClientApp()
@@ -103,6 +104,7 @@ def _info(cfg: AppConfig, node: NodeConfig) -> ConfigRecord:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune on private data (+ pseudo-labels); answer public prompts if sent."""
+    meter = EnergyMeter.start()
     config = msg.content.get(p.TRAIN_CONFIG, ConfigRecord())
     cfg, node, client = _setup(context, config)
     server_round = int(config.get(p.ROUND, 0))
@@ -140,6 +142,7 @@ def train(msg: Message, context: Context) -> Message:
         )
     if config.get(p.RETURN_ADAPTER, False):
         content[p.ADAPTER] = context.state[STATE_ADAPTER]
+    metrics.update(meter.stop().as_metrics())
     content[p.METRICS] = MetricRecord(metrics)
     return Message(content=content, reply_to=msg)
 
@@ -147,6 +150,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the current model (global adapter if sent, else its own) on the test prompts."""
+    meter = EnergyMeter.start()
     cfg, node, client = _setup(context, msg.content.get(p.TRAIN_CONFIG, ConfigRecord()))
     _restore_adapter(client, msg, context)
     test = _qa(msg.content.get(p.TEST))
@@ -160,5 +164,6 @@ def evaluate(msg: Message, context: Context) -> Message:
         cfg.fedsem.embedder,
         device=client.device,
     )
+    metrics.update(meter.stop().as_metrics())
     content = RecordDict({p.METRICS: MetricRecord(metrics), p.INFO: _info(cfg, node)})
     return Message(content=content, reply_to=msg)

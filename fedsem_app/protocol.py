@@ -40,6 +40,8 @@ EMBED_SIM = "embed-sim"
 NLL = "nll"
 PERPLEXITY = "perplexity"
 EVAL_SECONDS = "eval-seconds"
+CPU_SECONDS = "cpu-seconds"  # process CPU time of the handler (fedsem_app.energy)
+GPU_JOULES = "gpu-joules"  # NVML energy of the handler; sent only where measured
 
 # --- message types --------------------------------------------------------------
 TRAIN = "train"
