@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
@@ -14,7 +15,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedsem_app import protocol as p
-from fedsem_app.consensus import consensus
+from fedsem_app.config import FedSemConfig
+from fedsem_app.consensus import ConsensusResult, consensus
 from fedsem_app.data import QAPair
 from fedsem_app.embedding import embed
 from fedsem_app.strategies import register_strategy
@@ -47,6 +49,77 @@ def embed_grid(
     grid = np.zeros((*mask.shape, vectors.shape[1]), dtype=np.float32)
     grid[mask] = vectors  # np.nonzero and boolean indexing share row-major order
     return torch.from_numpy(grid)
+
+
+# Answers embedded and voted on at a time. The server then holds at most this many
+# embeddings (8192 x 384 float32 = 12.6 MB, and the consensus' float64 copies of
+# them), not K x P x dim for the whole round: 805 MB at 128 clients x 4096 prompts.
+VOTE_CHUNK_TEXTS = 8192
+
+
+def vote_in_chunks(
+    texts: list[list[str]],
+    mask: np.ndarray,
+    confidences: np.ndarray,
+    cfg: FedSemConfig,
+    *,
+    chunk_texts: int = VOTE_CHUNK_TEXTS,
+    embed_fn=embed_grid,
+) -> tuple[ConsensusResult, float, float]:
+    """Embed the answers and pick each prompt's consensus, a block of whole prompts at a time.
+
+    Every rule scores each prompt's answers among themselves, so voting block by block
+    chooses what one call over all prompts would, while memory stays bounded by
+    ``chunk_texts`` answers (at least one prompt's worth) instead of growing with P x K.
+
+    Parameters
+    ----------
+    texts, mask, confidences
+        The round's answers as from :func:`answer_grid`: P x K texts, (P, K) validity
+        and (P, K) confidences.
+    cfg
+        Embedder, consensus rule and its options.
+    chunk_texts
+        Answers per block; a block holds ``max(1, chunk_texts // K)`` prompts.
+    embed_fn
+        ``fn(texts, mask, embedder) -> (P, K, D)`` tensor; :func:`embed_grid` by default.
+
+    Returns
+    -------
+    tuple
+        The :class:`~fedsem_app.consensus.ConsensusResult` over all prompts, and the
+        seconds spent embedding and voting.
+
+    """
+    num_prompts, num_clients = mask.shape
+    step = max(1, chunk_texts // max(num_clients, 1))
+    parts: list[ConsensusResult] = []
+    embed_seconds = consensus_seconds = 0.0
+    for start in range(0, max(num_prompts, 1), step):  # one (empty) block without prompts
+        rows = slice(start, start + step)
+        t0 = time.perf_counter()
+        embeddings = embed_fn(texts[rows], mask[rows], cfg.embedder)
+        t1 = time.perf_counter()
+        parts.append(
+            consensus(
+                cfg.consensus,
+                embeddings,
+                torch.from_numpy(mask[rows]),
+                confidences=torch.from_numpy(confidences[rows]),
+                min_agreement=cfg.min_agreement,
+                cluster_threshold=cfg.cluster_threshold,
+                confidence_weight=cfg.confidence_weight,
+            )
+        )
+        embed_seconds += t1 - t0
+        consensus_seconds += time.perf_counter() - t1
+    result = ConsensusResult(
+        *(
+            np.concatenate([getattr(part, field.name) for part in parts])
+            for field in dataclasses.fields(ConsensusResult)
+        )
+    )
+    return result, embed_seconds, consensus_seconds
 
 
 @register_strategy("fedsem")
@@ -156,19 +229,7 @@ class FedSem(AppStrategy):
     ) -> dict[str, Any]:
         cfg = self.app.fedsem
         texts, mask, confidences = answer_grid([a for _, a in voters])
-        t_embed = time.perf_counter()
-        embeddings = embed_grid(texts, mask, cfg.embedder)
-        t_consensus = time.perf_counter()
-        result = consensus(
-            cfg.consensus,
-            embeddings,
-            torch.from_numpy(mask),
-            confidences=torch.from_numpy(confidences),
-            min_agreement=cfg.min_agreement,
-            cluster_threshold=cfg.cluster_threshold,
-            confidence_weight=cfg.confidence_weight,
-        )
-        t_end = time.perf_counter()
+        result, embed_seconds, consensus_seconds = vote_in_chunks(texts, mask, confidences, cfg)
         chosen = [i for i in range(len(prompts)) if not result.abstained[i]]
         self.pseudo_labels = [
             QAPair(prompts[i].id, prompts[i].prompt, texts[i][result.index[i]], prompts[i].category)
@@ -198,7 +259,7 @@ class FedSem(AppStrategy):
             "pseudo-labels": len(self.pseudo_labels),
             "abstained": int(result.abstained.sum()),
             "agreement-mean": float(valid_agreement.mean()) if len(valid_agreement) else 0.0,
-            "embed-seconds": t_consensus - t_embed,
-            "consensus-seconds": t_end - t_consensus,
+            "embed-seconds": embed_seconds,
+            "consensus-seconds": consensus_seconds,
             "answers-masked": int((~mask).sum()),
         }
