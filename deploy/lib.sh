@@ -37,6 +37,26 @@ group_alive() {
     ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { found = 1 } END { exit !found }'
 }
 
+descendants() {
+    # PIDs of all descendants of PID $1. The SuperLink starts its SuperExec in a new
+    # session (and that one the ServerApps), so its process group does not hold them all.
+    ps -eo pid=,ppid= | awk -v root="$1" '
+        { kids[$2] = kids[$2] " " $1 }
+        END {
+            queue = kids[root]
+            while (split(queue, todo) > 0) {
+                queue = ""
+                for (i in todo) { print todo[i]; queue = queue kids[todo[i]] }
+            }
+        }'
+}
+
+any_alive() {
+    # Whether any of the PIDs $@ is alive (zombies do not count).
+    (($#)) || return 1
+    ps -o stat= -p "$(IFS=,; echo "$*")" 2>/dev/null | grep -qv '^Z'
+}
+
 start_background() {
     # start_background NAME READY_PATTERN WAIT_SECONDS CMD...
     # Start CMD in its own session (so stop.sh can end it with all its children),
@@ -54,6 +74,8 @@ start_background() {
     while ! grep -q -- "$ready" "$log_file" 2>/dev/null; do
         if ! is_running "$pid_file"; then
             tail -n 20 "$log_file" >&2
+            # Its children may outlive it (a SuperNode starts its SuperExec first).
+            kill -KILL -- "-$(cat "$pid_file")" 2>/dev/null || true
             rm -f "$pid_file"
             die "$name exited during start-up; full log: $log_file"
         fi

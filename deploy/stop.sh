@@ -9,7 +9,8 @@ Usage: deploy/stop.sh [NAME...]
 Stops the processes whose PID files are in $FEDSEM_DEPLOY_DIR (default
 ~/.fedsem/deploy): the named ones (e.g. superlink, supernode-9094), or all of
 them, SuperNodes signalled first. Each process gets SIGTERM together with the
-ClientApp/ServerApp processes it started, then SIGKILL after 15 s.
+ClientApp/ServerApp processes it started (its process group and all its
+descendants), then SIGKILL after 15 s.
 EOF
 }
 
@@ -36,7 +37,10 @@ fi
 ((${#names[@]})) || { echo "nothing to stop in $RUN_DIR"; exit 0; }
 
 # SIGTERM to all first, then wait for all: shutting down takes a few seconds each.
-pids=()
+# Each process is signalled with its process group (the start scripts run it in its own
+# session) and every descendant found before signalling: the SuperLink's SuperExec and
+# ServerApps live in a session of their own.
+entries=()
 for n in "${names[@]}"; do
     pid_file="$RUN_DIR/$n.pid"
     if ! is_running "$pid_file"; then
@@ -45,20 +49,24 @@ for n in "${names[@]}"; do
         continue
     fi
     pid="$(cat "$pid_file")"
-    # The start scripts run each process in its own session: its PID is the group id.
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
-    pids+=("$n:$pid")
+    tree="$(descendants "$pid" | tr '\n' ' ')"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    # shellcheck disable=SC2086
+    [[ -n "${tree// /}" ]] && kill -TERM $tree 2>/dev/null || true
+    entries+=("$n:$pid:$tree")
 done
-for entry in "${pids[@]}"; do
-    n="${entry%%:*}"
-    pid="${entry#*:}"
+for entry in "${entries[@]}"; do
+    IFS=: read -r n pid tree <<<"$entry"
     for _ in $(seq 15); do
-        group_alive "$pid" || break
+        # shellcheck disable=SC2086
+        group_alive "$pid" || any_alive $tree || break
         sleep 1
     done
-    if group_alive "$pid"; then
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"
-        echo "$n: killed (PID $pid)"
+    # shellcheck disable=SC2086
+    if group_alive "$pid" || any_alive $tree; then
+        kill -KILL -- "-$pid" 2>/dev/null || true
+        [[ -n "${tree// /}" ]] && kill -KILL $tree 2>/dev/null || true
+        echo "$n: killed (PID $pid and its children)"
     else
         echo "$n: stopped (PID $pid)"
     fi

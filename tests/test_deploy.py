@@ -3,11 +3,13 @@
 Everything goes through the deploy/ scripts and the installed Flower binaries:
 certificates and node keys are made, a SuperLink starts with TLS and node
 authentication, three registered SuperNodes (each its own tiny model and
-partition) run two FedSem rounds through `flwr run`, and a SuperNode whose key
-was never registered is refused. Ports are free ones picked at run time and
-every path (FLWR_HOME, PID files, logs, model cache) is a temporary folder, so
-parallel runs do not collide. Every process started here is stopped at the end,
-also when a test fails.
+partition) run two FedSem rounds through `flwr run`, a SuperNode whose key
+was never registered is refused, and a run goes on when one SuperNode dies
+mid-round and another one cannot load its model. Ports are free ones picked at
+run time (picked again if another process took one first) and every path
+(FLWR_HOME, PID files, logs, model cache) is a temporary folder, so parallel
+runs do not collide. Every process started here is stopped by PID at the end,
+also when a test fails, and the module checks that none is left.
 """
 
 import json
@@ -27,7 +29,9 @@ from tests.test_flwr_run import write_profile
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 MODELS = ("tiny-llama", "tiny-gpt2", "tiny-qwen2")
+NODES = tuple(f"node{i}" for i in range(len(MODELS)))
 CONNECTION = "fedsem-test"
+PORT_ATTEMPTS = 3  # a free port may be taken by another process before we bind it
 # Flower's binaries come from this interpreter's environment, first on PATH.
 PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 NEEDED = ("flower-superlink", "flower-supernode", "flwr", "openssl", "ssh-keygen", "setsid")
@@ -65,6 +69,7 @@ class Deployment:
             FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
             PATH=PATH,
         )
+        self.ports = [self.port]  # every port a process of ours binds, for the leftover check
 
     def script(self, name: str, *args: str, check: bool = True, timeout: float = 120):
         proc = subprocess.run(
@@ -79,45 +84,100 @@ class Deployment:
             assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
         return proc
 
-    def start_supernode(self, name: str, key: str, *node_args: str, check: bool = True):
-        return self.script(
-            "start-supernode.sh",
-            "--superlink", f"127.0.0.1:{self.port}",
-            "--root-certificates", str(self.certs / "ca.crt"),
-            "--auth-supernode-private-key", str(self.keys / key),
-            "--port", str(free_port()),
-            "--name", name,
-            "--wait", "90",
-            *node_args,
-            check=check,
-        )  # fmt: skip
+    def start_superlink(self) -> None:
+        """Start the SuperLink with TLS and node auth on a free port."""
+        for attempt in range(PORT_ATTEMPTS):
+            proc = self.script(
+                "start-superlink.sh",
+                "--certs", str(self.certs),
+                "--host", "127.0.0.1",
+                "--port", str(self.port),
+                "--database", "memory",
+                check=False,
+            )  # fmt: skip
+            if proc.returncode == 0 or not port_taken(self.run_dir / "superlink.log"):
+                break
+            if attempt + 1 < PORT_ATTEMPTS:
+                self.port = free_port()
+                self.ports.append(self.port)
+        assert proc.returncode == 0, f"start-superlink.sh failed:\n{proc.stdout}\n{proc.stderr}"
 
-    def stop_all(self) -> None:
-        """Stop by PID files with deploy/stop.sh, then kill any process group left."""
+    def start_supernode(self, name: str, key: str, *node_args: str, check: bool = True):
+        """Start a SuperNode with key ``key`` on a free local port; return the script's result."""
+        for _ in range(PORT_ATTEMPTS):
+            port = free_port()
+            self.ports.append(port)
+            proc = self.script(
+                "start-supernode.sh",
+                "--superlink", f"127.0.0.1:{self.port}",
+                "--root-certificates", str(self.certs / "ca.crt"),
+                "--auth-supernode-private-key", str(self.keys / key),
+                "--port", str(port),
+                "--name", name,
+                "--wait", "90",
+                *node_args,
+                check=False,
+            )  # fmt: skip
+            if proc.returncode == 0 or not port_taken(self.run_dir / f"{name}.log"):
+                break
+        if check:
+            assert proc.returncode == 0, f"start-supernode.sh failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def stop(self, *names: str) -> None:
+        """Stop the named processes with deploy/stop.sh (by their PID files)."""
+        self.script("stop.sh", *names, check=False, timeout=120)
+
+    def stop_all(self) -> list[str]:
+        """Stop everything by PID files with deploy/stop.sh; kill and return what is left.
+
+        Returns
+        -------
+        list[str]
+            Command lines of processes of this deployment that were still alive after
+            deploy/stop.sh (they are killed); empty when it stopped everything.
+        """
         try:
-            self.script("stop.sh", check=False, timeout=120)
+            self.stop()
         finally:
             for pid_file in self.run_dir.glob("*.pid"):
                 try:
                     os.killpg(int(pid_file.read_text()), signal.SIGKILL)
                 except (ProcessLookupError, PermissionError, ValueError):
                     pass
+        return self.kill_leftovers()
+
+    def kill_leftovers(self) -> list[str]:
+        # Every Flower process of ours names one of our ports or folders on its command line.
+        markers = [f"127.0.0.1:{port}" for port in self.ports] + [str(self.base)]
+        left = []
+        for proc_dir in Path("/proc").glob("[0-9]*"):
+            try:
+                cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if int(proc_dir.name) != os.getpid() and any(m in cmdline for m in markers):
+                left.append(f"{proc_dir.name}: {cmdline}")
+                try:
+                    os.kill(int(proc_dir.name), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        return left
+
+
+def port_taken(log: Path) -> bool:
+    return "address already in use" in tail(log)
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    """A SuperLink with TLS and node auth, its connection, and three registered keys."""
+    """A SuperLink with TLS and node auth, its connection, and four registered keys."""
     dep = Deployment(tmp_path_factory.mktemp("deploy"))
+    left: list[str] = []
     try:
         dep.script("make-certs.sh", "-o", str(dep.certs), "localhost", "127.0.0.1")
-        dep.script("make-node-keys.sh", "-o", str(dep.keys), "node0", "node1", "node2", "intruder")
-        dep.script(
-            "start-superlink.sh",
-            "--certs", str(dep.certs),
-            "--host", "127.0.0.1",
-            "--port", str(dep.port),
-            "--database", "memory",
-        )  # fmt: skip
+        dep.script("make-node-keys.sh", "-o", str(dep.keys), *NODES, "badnode", "intruder")
+        dep.start_superlink()
         dep.script(
             "add-connection.sh",
             CONNECTION,
@@ -127,11 +187,14 @@ def deployment(tmp_path_factory):
         )
         # The intruder's key is made but never registered.
         dep.script(
-            "register-nodes.sh", CONNECTION, *(str(dep.keys / f"node{i}.pub") for i in range(3))
+            "register-nodes.sh",
+            CONNECTION,
+            *(str(dep.keys / f"{name}.pub") for name in (*NODES, "badnode")),
         )
         yield dep
     finally:
-        dep.stop_all()
+        left = dep.stop_all()
+    assert not left, "processes left after deploy/stop.sh:\n" + "\n".join(left)
 
 
 def test_unregistered_supernode_is_refused(deployment):
@@ -145,6 +208,18 @@ def test_unregistered_supernode_is_refused(deployment):
     assert "exited during start-up" in proc.stderr
 
 
+def test_supernode_with_a_missing_data_file_is_not_started(deployment):
+    missing = deployment.base / "no-such-file.jsonl"
+
+    proc = deployment.start_supernode(
+        "nodata", "node0", "--data-path", str(missing), "--model-name", "tiny-llama", check=False
+    )
+
+    assert proc.returncode == 1
+    assert f"error: --data-path '{missing}' does not exist" in proc.stderr
+    assert not (deployment.run_dir / "nodata.pid").exists()
+
+
 def prebuild_models(cache: Path) -> None:
     """Build the tiny models and their shared tokenizer once, before the nodes start.
 
@@ -156,54 +231,79 @@ def prebuild_models(cache: Path) -> None:
         MODEL_REGISTRY[name].builder(cache)
 
 
-# About 3.5-4.5 minutes on 2 busy cores: every message starts a fresh ClientApp process.
+def start_nodes(dep: Deployment) -> None:
+    """Start node0..node2, each with its own tiny model and partition."""
+    prebuild_models(dep.cache)
+    for i, (name, model) in enumerate(zip(NODES, MODELS, strict=True)):
+        start_node(dep, name, model, i)
+
+
+def start_node(dep: Deployment, name: str, model: str, partition: int, check: bool = True):
+    return dep.start_supernode(
+        name,
+        name,
+        "--model-name", model,
+        "--partition-id", str(partition),
+        "--num-partitions", str(len(MODELS)),
+        check=check,
+    )  # fmt: skip
+
+
+def run_profile(dep: Deployment, run_name: str, **extra) -> Path:
+    """The quick profile for a deployment run, results under the temporary folder."""
+    return write_profile(
+        ROOT / "conf" / "quick.toml",
+        {
+            "results-dir": str(dep.base / "runs"),
+            "run-name": run_name,
+            "model.cache-dir": str(dep.cache),
+            # Offline nodes are answered by the SuperLink within ~60 s (heartbeats); this
+            # bounds a node that hangs, well inside the flwr run timeouts below.
+            "round-timeout": 480,
+            # Three ClientApp processes share two cores here: no oversubscription.
+            "train.num-threads": 1,
+            **extra,
+        },
+        dep.base / f"{run_name}.toml",
+    )
+
+
+def flwr_run_command(profile: Path) -> list[str]:
+    return ["flwr", "run", ".", CONNECTION, "--stream", "--run-config", str(profile)]
+
+
+def all_logs(dep: Deployment) -> str:
+    return "\n".join(f"--- {p.name}\n{tail(p)}" for p in sorted(dep.run_dir.glob("*.log")))
+
+
+# About 1.5 minutes on 2 idle cores (4 when busy): every message starts a ClientApp process.
 @pytest.mark.slow
 def test_two_fedsem_rounds_on_three_authenticated_supernodes(deployment):
     # Prepare: three registered SuperNodes, each with its own model and partition.
     dep = deployment
-    prebuild_models(dep.cache)
-    for i, model in enumerate(MODELS):
-        dep.start_supernode(
-            f"node{i}",
-            f"node{i}",
-            "--model-name", model,
-            "--partition-id", str(i),
-            "--num-partitions", str(len(MODELS)),
-        )  # fmt: skip
-    profile = write_profile(
-        ROOT / "conf" / "quick.toml",
-        {
-            "results-dir": str(dep.base / "runs"),
-            "run-name": "deploy",
-            "model.cache-dir": str(dep.cache),
-            "min-clients": 3,
-            # Offline nodes are answered by the SuperLink within ~60 s (heartbeats); this
-            # bounds a node that hangs, well inside the flwr run timeout below.
-            "round-timeout": 480,
-            # Three ClientApp processes share two cores here: no oversubscription.
-            "train.num-threads": 1,
-        },
-        dep.base / "deploy.toml",
-    )
+    try:
+        start_nodes(dep)
+        profile = run_profile(dep, "deploy", **{"min-clients": 3})
 
-    # Execute
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        ["flwr", "run", ".", CONNECTION, "--stream", "--run-config", str(profile)],
-        cwd=ROOT,
-        env=dep.env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    seconds = time.perf_counter() - t0
+        # Execute
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            flwr_run_command(profile),
+            cwd=ROOT,
+            env=dep.env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        seconds = time.perf_counter() - t0
+    finally:
+        dep.stop(*NODES)
 
     # Assert: the run finished and every node answered in every round.
-    logs = "\n".join(f"--- {p.name}\n{tail(p)}" for p in sorted(dep.run_dir.glob("*.log")))
     output = proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert proc.returncode == 0, output + logs
+    assert proc.returncode == 0, output + all_logs(dep)
     folder = dep.base / "runs" / "deploy"
-    assert (folder / "summary.json").exists(), output + logs
+    assert (folder / "summary.json").exists(), output + all_logs(dep)
     assert "[round 2/2]" in proc.stdout + proc.stderr
     rows = json.loads((folder / "metrics.json").read_text())
     assert [r["round"] for r in rows] == [1, 2]
@@ -214,3 +314,79 @@ def test_two_fedsem_rounds_on_three_authenticated_supernodes(deployment):
     assert {a["model"] for s in samples for a in s["answers"]} == set(MODELS)
     assert len({a["node"] for s in samples for a in s["answers"]}) == 3
     print(f"deployment run: {seconds:.0f} s, rounds {[round(r['round-seconds']) for r in rows]} s")
+
+
+def wait_for(path: Path, text: str, seconds: float, proc: subprocess.Popen) -> None:
+    """Wait until ``text`` shows up in ``path`` while ``proc`` (the flwr run) still runs."""
+    deadline = time.monotonic() + seconds
+    while text not in (path.read_text(errors="replace") if path.exists() else ""):
+        assert proc.poll() is None, f"flwr run ended before {text!r} appeared in {path.name}"
+        assert time.monotonic() < deadline, f"{text!r} not in {path.name} after {seconds:.0f} s"
+        time.sleep(0.5)
+
+
+def kill_node(dep: Deployment, name: str) -> None:
+    """SIGKILL a SuperNode with its ClientApps: a crash or power loss, no goodbye."""
+    pid_file = dep.run_dir / f"{name}.pid"
+    os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    pid_file.unlink()
+
+
+# About 3 minutes on 2 idle cores: the SuperLink waits 2 x 30 s of missed heartbeats.
+@pytest.mark.slow
+def test_run_survives_a_node_dying_mid_round_and_a_node_with_a_wrong_model(deployment):
+    # Prepare: node0..node2 as above plus "badnode", whose model name does not exist;
+    # min-clients=2 of 4, three rounds.
+    dep = deployment
+    output_file = dep.base / "faults.out"
+    try:
+        start_nodes(dep)
+        dep.start_supernode(
+            "badnode",
+            "badnode",
+            "--model-name", "no-such-model",
+            "--partition-id", "3",
+            "--num-partitions", "4",
+        )  # fmt: skip
+        profile = run_profile(dep, "faults", **{"min-clients": 2, "num-server-rounds": 3})
+
+        # Execute: kill node2 once its round-1 ClientApp runs, restart it once the
+        # SuperLink has given up on it, and let the run finish.
+        with output_file.open("w") as out:
+            run = subprocess.Popen(
+                flwr_run_command(profile), cwd=ROOT, env=dep.env, stdout=out, stderr=out
+            )
+            try:
+                wait_for(dep.run_dir / "node2.log", "Start `flwr-clientapp` process", 300, run)
+                kill_node(dep, "node2")
+                wait_for(output_file, "Node Unavailable", 300, run)
+                restarted = start_node(dep, "node2", MODELS[2], 2, check=False)
+                run.wait(timeout=900)
+            finally:
+                if run.poll() is None:
+                    run.kill()
+                    run.wait()
+    finally:
+        dep.stop(*NODES, "badnode")
+
+    # Assert: the run finished; round 1 went on without the dead and the bad node.
+    output = output_file.read_text(errors="replace")
+    assert run.returncode == 0, output[-6000:] + all_logs(dep)
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    folder = dep.base / "runs" / "faults"
+    rows = json.loads((folder / "metrics.json").read_text())
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[0]["train-replies"] == 2 and rows[0]["dropped-replies"] == 2, rows[0]
+    # The dead node's message is answered by the SuperLink; the bad node names itself
+    # (by partition) and its model name.
+    assert "Error: Node Unavailable" in output
+    assert "node with partition-id 3: cannot load model-name 'no-such-model'" in output
+    # node2 rejoined: by round 3 at the latest it trains and answers again.
+    assert rows[2]["train-replies"] == 3 and rows[2]["dropped-replies"] == 1, rows[2]
+    samples = [json.loads(line) for line in (folder / "consensus_samples.jsonl").open()]
+    last = [a["model"] for s in samples if s["round"] == 3 for a in s["answers"]]
+    assert set(last) == set(MODELS), last
+    print(
+        f"fault run: rounds {[round(r['round-seconds']) for r in rows]} s, "
+        f"train replies {[r['train-replies'] for r in rows]}"
+    )
