@@ -9,7 +9,7 @@ protobuf serde), counted per direction and per message kind (train/evaluate).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from flwr.app import Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
@@ -97,3 +97,9 @@ class MeteredGrid(Grid):
     def snapshot(self) -> dict[str, int]:
         """Byte totals so far as flat keys, e.g. ``bytes-down-train``."""
         return {f"bytes-{d}-{k}": v for (d, k), v in sorted(self.totals.items())}
+
+    def restore(self, snapshot: Mapping[str, int]) -> None:
+        """Count on from earlier totals (a checkpoint's :meth:`snapshot`), for a resumed run."""
+        for key, value in snapshot.items():
+            _, direction, kind = key.split("-", 2)
+            self.totals[(direction, kind)] = int(value)

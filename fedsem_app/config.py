@@ -211,6 +211,9 @@ class AppConfig:
     round_timeout: float = 3600.0
     results_dir: str = ""
     run_name: str = ""
+    # A run folder (absolute path, or a folder name under results-dir) whose checkpoint
+    # this run continues; empty starts a new run. See fedsem_app.checkpoint.
+    resume_from: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

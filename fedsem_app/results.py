@@ -26,6 +26,8 @@ from typing import Any
 from flwr.common.logger import log
 
 QUALITY_KEYS = ("rouge-l", "embed-sim")
+# Files that grow by appending during a round; a checkpoint keeps their sizes.
+APPEND_ONLY_LOGS = ("clients.jsonl", "consensus_samples.jsonl")
 
 
 def make_run_folder(root: Path, run_name: str, strategy: str) -> Path:
@@ -164,6 +166,38 @@ class RunLog:
             plot_run(self.rows, self.folder)
         except Exception as err:  # noqa: BLE001 - a plot must never end a run
             log(WARNING, "could not draw plots: %s", err)
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to continue this log (see :meth:`restore`).
+
+        Returns
+        -------
+        dict
+            The closed rows, the byte totals they were computed from, and the
+            sizes of the append-only logs.
+        """
+        sizes = {}
+        for name in APPEND_ONLY_LOGS:
+            path = self.folder / name
+            sizes[name] = path.stat().st_size if path.exists() else 0
+        return {"rows": self.rows, "byte-totals": self._last_totals, "log-sizes": sizes}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue a checkpointed run from :meth:`state`.
+
+        Keeps its rows, counts bytes and elapsed seconds on from its totals, and
+        cuts the append-only logs back to their checkpointed sizes: the lines of
+        an interrupted round go, as that round runs again.
+        """
+        self.rows = [dict(row) for row in state.get("rows", [])]
+        self._last_totals = dict(state.get("byte-totals", {}))
+        if self.rows:
+            self._t0 -= float(self.rows[-1].get("elapsed-seconds", 0.0))
+        for name, size in state.get("log-sizes", {}).items():
+            path = self.folder / name
+            if path.exists() and path.stat().st_size > size:
+                with open(path, "r+b") as fh:
+                    fh.truncate(size)
 
     def finish(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write ``summary.json`` (last row, best quality, totals) and return it."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from logging import INFO
+from logging import INFO, WARNING
 
-from flwr.app import Context
+from flwr.app import ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from fedsem_app.checkpoint import Checkpoint, open_resume
 from fedsem_app.clients import check_model_name
 from fedsem_app.comm import MeteredGrid
 from fedsem_app.config import AppConfig, ConfigError, load_app_config
@@ -51,14 +52,51 @@ def check_setup(cfg: AppConfig):
     return strategy_cls, split
 
 
+def resume_run(checkpoint: Checkpoint, cfg: AppConfig, meter, run_log, strategy) -> ArrayRecord:
+    """Put a checkpoint's state back into the byte meter, the run log and the strategy.
+
+    Returns
+    -------
+    ArrayRecord
+        The global arrays to go on from (the checkpoint's, or the strategy's
+        initial ones if it exchanges none).
+    """
+    meter.restore(checkpoint.run_state.get("byte-totals", {}))
+    run_log.restore(checkpoint.run_state)
+    strategy.resume(checkpoint)
+    if checkpoint.round >= cfg.num_server_rounds:
+        log(
+            WARNING,
+            "fedsem: nothing to do: %s is at round %d of %d already; raise num-server-rounds "
+            "to run more rounds",
+            checkpoint.folder,
+            checkpoint.round,
+            cfg.num_server_rounds,
+        )
+    else:
+        log(
+            INFO,
+            "fedsem: resuming %s at round %d of %d",
+            checkpoint.folder,
+            checkpoint.round + 1,
+            cfg.num_server_rounds,
+        )
+    return checkpoint.arrays if checkpoint.arrays is not None else strategy.initial_arrays()
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run one federated job end to end and write its results folder."""
+    """Run one federated job end to end (or resume one) and write its results folder."""
     cfg = load_app_config(context.run_config)
     strategy_cls, split = check_setup(cfg)
+    checkpoint = open_resume(cfg) if cfg.resume_from else None
 
     meter = MeteredGrid(grid)
-    folder = make_run_folder(cfg.results_root, cfg.run_name, cfg.strategy)
+    folder = (
+        checkpoint.folder
+        if checkpoint
+        else make_run_folder(cfg.results_root, cfg.run_name, cfg.strategy)
+    )
     log(
         INFO,
         "fedsem: strategy %s, %d rounds, models %s; results in %s",
@@ -70,11 +108,17 @@ def main(grid: Grid, context: Context) -> None:
     run_log = RunLog(folder, cfg.to_flat(), cfg.num_server_rounds, meter.snapshot)
 
     strategy = strategy_cls(cfg, split, run_log)
-    strategy.start(
-        grid=meter,
-        initial_arrays=strategy.initial_arrays(),
-        num_rounds=cfg.num_server_rounds,
-        timeout=cfg.round_timeout,
+    arrays = (
+        resume_run(checkpoint, cfg, meter, run_log, strategy)
+        if checkpoint
+        else strategy.initial_arrays()
     )
+    if strategy.first_round <= cfg.num_server_rounds:
+        strategy.start(
+            grid=meter,
+            initial_arrays=arrays,
+            num_rounds=cfg.num_server_rounds,
+            timeout=cfg.round_timeout,
+        )
     summary = run_log.finish({"strategy": cfg.strategy, "results": str(folder)})
     log(INFO, "fedsem: done: %s", summary)

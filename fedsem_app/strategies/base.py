@@ -10,17 +10,18 @@ test prompts in every evaluate message, the same reply validation, and one
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any, ClassVar
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedsem_app import protocol as p
+from fedsem_app.checkpoint import Checkpoint, RoundShift, shift_result, timed_save
 from fedsem_app.config import AppConfig
 from fedsem_app.data import DataSplit
 from fedsem_app.results import RunLog
@@ -74,6 +75,7 @@ class AppStrategy(FedAvg):
         self.split = split
         self.run_log = run_log
         self._test = qa_record(split.test[: app.eval.num_prompts])
+        self.first_round = 1  # a resumed run starts after its checkpoint's round
 
     # --- helpers for subclasses ----------------------------------------------------
     def sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
@@ -166,6 +168,88 @@ class AppStrategy(FedAvg):
     def initial_arrays(self) -> ArrayRecord:
         """Arrays to start from: none for text strategies; parameter ones override."""
         return ArrayRecord()
+
+    # --- checkpoint and resume (see fedsem_app.checkpoint) -------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Strategy state a resumed run needs, as JSON values (none here; see FedSem).
+
+        The global arrays are not part of it: :meth:`start` checkpoints them for
+        every strategy, as Flower passes them from round to round.
+        """
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (nothing here)."""
+
+    def resume(self, checkpoint: Checkpoint) -> None:
+        """Continue after the checkpoint's round, with its strategy state."""
+        self.load_state_dict(checkpoint.strategy_state)
+        self.first_round = checkpoint.round + 1
+
+    def save_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Write the state after a closed round into the run folder.
+
+        A failed write (disk full, folder gone) is logged and the run goes on: it
+        only loses the ability to resume from this round.
+        """
+        if self.run_log is None:
+            return
+        try:
+            timed_save(
+                self.run_log.folder,
+                server_round,
+                strategy=self.name,
+                config=self.app.to_flat(),
+                strategy_state=self.state_dict(),
+                run_state=self.run_log.state(),
+                arrays=arrays,
+            )
+        except OSError as err:
+            log(
+                WARNING,
+                "round %d: checkpoint not written (%s); the run goes on, but cannot "
+                "resume from this round",
+                server_round,
+                err,
+            )
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn=None,
+    ) -> Result:
+        """Run rounds ``first_round..num_rounds`` with Flower's loop; checkpoint each one.
+
+        ``num_rounds`` is the run's total. A new run starts at round 1, a resumed
+        one after its checkpoint's round (:meth:`resume`). Flower's
+        ``Strategy.start`` always counts from 1: rather than copying its loop,
+        :class:`~fedsem_app.checkpoint.RoundShift` lets it run the rounds that are
+        left and hands this strategy the true round numbers (returned Result
+        included), then checkpoints each closed round.
+        """
+        offset = self.first_round - 1
+        shifted = RoundShift(self, offset, self.save_checkpoint)
+        if evaluate_fn is not None:
+            unshifted = evaluate_fn
+
+            def evaluate_fn(server_round, arrays):
+                return unshifted(server_round + offset, arrays)
+
+        result = shifted.start(
+            grid,
+            initial_arrays,
+            num_rounds - offset,
+            timeout,
+            train_config,
+            evaluate_config,
+            evaluate_fn,
+        )
+        return shift_result(result, offset)
 
     # --- Strategy interface ----------------------------------------------------------
     def configure_train(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -157,6 +157,14 @@ class FedSem(AppStrategy):
         super().__init__(*args, **kwargs)
         self.pseudo_labels: list[QAPair] = []
         self._prompts: dict[int, list[QAPair]] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The pseudo-labels the next round sends (all FedSem carries between rounds)."""
+        return {"pseudo-labels": [dataclasses.asdict(q) for q in self.pseudo_labels]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the pseudo-labels of :meth:`state_dict`."""
+        self.pseudo_labels = [QAPair(**q) for q in state.get("pseudo-labels", [])]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
