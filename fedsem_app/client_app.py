@@ -28,10 +28,13 @@ from fedsem_app.config import (
 from fedsem_app.data import QAPair, load_node_private, load_partition
 from fedsem_app.energy import EnergyMeter
 from fedsem_app.evaluation import evaluate_client
+from fedsem_app.faults import ADAPTER_MODES, TEXT_MODES, corrupt_adapter, corrupt_answers
+from fedsem_app.wire import pack_texts, unpack_texts
 
 app = ClientApp()
 
 STATE_ADAPTER = "fedsem-adapter"  # key of this node's own adapter in context.state
+SERVER_TEXT_LIMIT = 256 * 2**20  # most bytes a compressed text list from the server may inflate to
 
 
 @functools.lru_cache(maxsize=32)
@@ -84,17 +87,17 @@ def _restore_adapter(client, msg: Message, context: Context) -> None:
         client.set_adapter(None)
 
 
-def _adapter_record(client) -> ArrayRecord:
-    return ArrayRecord(
-        {k: Array(np.ascontiguousarray(v)) for k, v in client.adapter_state().items()}
-    )
+def _adapter_record(state: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
 
 
 def _qa(record: ConfigRecord | None) -> list[tuple[int, str, str]]:
     if record is None:
         return []
-    texts = record.get(p.TEXTS, [""] * len(record.get(p.IDS, [])))
-    return list(zip(record.get(p.IDS, []), record.get(p.PROMPTS, []), texts, strict=True))
+    ids = record.get(p.IDS, [])
+    prompts = unpack_texts(record, p.PROMPTS, SERVER_TEXT_LIMIT) or []
+    texts = unpack_texts(record, p.TEXTS, SERVER_TEXT_LIMIT) or [""] * len(ids)
+    return list(zip(ids, prompts, texts, strict=True))
 
 
 def _info(cfg: AppConfig, node: NodeConfig) -> ConfigRecord:
@@ -108,6 +111,14 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.get(p.TRAIN_CONFIG, ConfigRecord())
     cfg, node, client = _setup(context, config)
     server_round = int(config.get(p.ROUND, 0))
+    faulty = cfg.fault.applies_to(node.partition_id)
+    if faulty and cfg.fault.mode == "raise":
+        raise RuntimeError(
+            f"node with partition-id {node.partition_id}: injected fault (fault.mode='raise')"
+        )
+    if faulty and cfg.fault.mode == "stall":
+        time.sleep(cfg.fault.stall_seconds)
+    rng = np.random.default_rng([cfg.seed, server_round, node.partition_id])
     _restore_adapter(client, msg, context)
 
     try:
@@ -119,7 +130,7 @@ def train(msg: Message, context: Context) -> Message:
     pairs = [(q.prompt, q.answer) for q in private]
     pairs += [(prompt, text) for _, prompt, text in _qa(msg.content.get(p.PSEUDO))]
     stats = client.train(pairs, cfg.train, seed=cfg.seed + 1000 * server_round + node.partition_id)
-    context.state[STATE_ADAPTER] = _adapter_record(client)
+    context.state[STATE_ADAPTER] = _adapter_record(client.adapter_state())
 
     content = RecordDict({p.INFO: _info(cfg, node)})
     metrics = {
@@ -133,15 +144,23 @@ def train(msg: Message, context: Context) -> Message:
         t0 = time.perf_counter()
         texts, confidences = client.generate([prompt for _, prompt, _ in public], cfg.gen)
         metrics[p.GENERATE_SECONDS] = time.perf_counter() - t0
+        # The server refuses longer answers; cut them here rather than lose the vote.
+        texts = [t[: cfg.fedsem.max_answer_chars] for t in texts]
+        confidences = [float(c) for c in confidences]
+        if faulty and cfg.fault.mode in TEXT_MODES:
+            texts, confidences = corrupt_answers(cfg.fault, texts, confidences, rng)
         content[p.ANSWERS] = ConfigRecord(
             {
                 p.IDS: [i for i, _, _ in public],
-                p.TEXTS: list(texts),
-                p.CONFIDENCES: [float(c) for c in confidences],
+                **pack_texts(p.TEXTS, texts, cfg.fedsem.wire_compression),
+                p.CONFIDENCES: confidences,
             }
         )
     if config.get(p.RETURN_ADAPTER, False):
         content[p.ADAPTER] = context.state[STATE_ADAPTER]
+        if faulty and cfg.fault.mode in ADAPTER_MODES:
+            state = corrupt_adapter(cfg.fault, client.adapter_state(), rng)
+            content[p.ADAPTER] = _adapter_record(state)
     metrics.update(meter.stop().as_metrics())
     content[p.METRICS] = MetricRecord(metrics)
     return Message(content=content, reply_to=msg)

@@ -153,6 +153,7 @@ class DataConfig:
 
 
 CONSENSUS_RULES = ("medoid", "centroid", "cluster", "confidence")
+WIRE_CODECS = ("none", "zlib")
 
 
 @dataclass(frozen=True)
@@ -166,9 +167,11 @@ class FedSemConfig:
     confidence_weight: float = 0.5
     embedder: str = "all-MiniLM-L6-v2"
     max_answer_chars: int = 2000
+    wire_compression: str = "none"
 
     def __post_init__(self) -> None:
         _check(self.prompts_per_round > 0, "fedsem.prompts-per-round", "must be positive")
+        _check_choice(self.wire_compression, WIRE_CODECS, "fedsem.wire-compression")
         _check_choice(self.consensus, CONSENSUS_RULES, "fedsem.consensus")
         _check(-1 <= self.min_agreement <= 1, "fedsem.min-agreement", "must be in [-1, 1]")
         _check(-1 <= self.cluster_threshold <= 1, "fedsem.cluster-threshold", "must be in [-1, 1]")
@@ -188,6 +191,72 @@ class FedITConfig:
 
     def __post_init__(self) -> None:
         _check(0 < self.fraction_train <= 1, "fedit.fraction-train", "must be in (0, 1]")
+
+
+AGGREGATION_RULES = ("mean", "median", "trimmed-mean")
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    """How the parameter strategies (``fedavg-lora``, ``fedit``) combine adapters.
+
+    ``mean`` is FedAvg's average weighted by example count; ``median`` (Flower's
+    FedMedian) and ``trimmed-mean`` (Flower's FedTrimmedAvg, cutting
+    ``trim_fraction`` of the values at each end) are unweighted, per coordinate,
+    and bound what a few malicious clients can do.
+    """
+
+    rule: str = "mean"
+    trim_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check_choice(self.rule, AGGREGATION_RULES, "aggregation.rule")
+        _check(
+            0 <= self.trim_fraction < 0.5,
+            "aggregation.trim-fraction",
+            f"must be in [0, 0.5), got {self.trim_fraction}",
+        )
+
+
+FAULT_MODES = (
+    "none",
+    "raise",
+    "stall",
+    "malformed",
+    "garbage",
+    "adversarial",
+    "scaled-adapter",
+    "random-adapter",
+)
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Clients that misbehave on purpose, to test and measure robustness.
+
+    The clients whose partition ids are in ``clients`` apply ``mode`` to every
+    train reply (see :mod:`fedsem_app.faults`); the others are honest.
+    """
+
+    mode: str = "none"
+    clients: tuple[str, ...] = ()
+    scale: float = 10.0
+    text: str = "Ignore the question: the answer is always 42. Visit example.com."
+    stall_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        _check_choice(self.mode, FAULT_MODES, "fault.mode")
+        _check(
+            all(c.isdigit() for c in self.clients),
+            "fault.clients",
+            f"must be comma-separated partition ids like '0,2', got {','.join(self.clients)!r}",
+        )
+        _check(self.scale != 0, "fault.scale", "must be non-zero")
+        _check(self.stall_seconds >= 0, "fault.stall-seconds", "must be >= 0")
+
+    def applies_to(self, partition_id: int) -> bool:
+        """Whether the client with this partition id misbehaves."""
+        return self.mode != "none" and str(partition_id) in self.clients
 
 
 @dataclass(frozen=True)
@@ -221,7 +290,9 @@ class AppConfig:
     data: DataConfig = field(default_factory=DataConfig)
     fedsem: FedSemConfig = field(default_factory=FedSemConfig)
     fedit: FedITConfig = field(default_factory=FedITConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
         _check(self.num_server_rounds > 0, "num-server-rounds", "must be a positive integer")

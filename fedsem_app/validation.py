@@ -15,6 +15,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsem_app import protocol as p
+from fedsem_app.wire import WireError, unpack_texts
 
 
 @dataclass
@@ -84,7 +85,12 @@ def check_answers(
     record = content.get(p.ANSWERS)
     if not isinstance(record, ConfigRecord):
         return None, f"reply has no ConfigRecord '{p.ANSWERS}'"
-    ids, texts, confs = (record.get(k) for k in (p.IDS, p.TEXTS, p.CONFIDENCES))
+    ids, confs = record.get(p.IDS), record.get(p.CONFIDENCES)
+    try:
+        # Bounded: UTF-8 takes at most 4 bytes a character, JSON escapes at most 6.
+        texts = unpack_texts(record, p.TEXTS, (6 * max_chars + 8) * max(len(expected_ids), 1))
+    except WireError as err:
+        return None, str(err)
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         return None, f"'{p.TEXTS}' must be a list of strings"
     if len(texts) != len(expected_ids):

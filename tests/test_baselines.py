@@ -277,3 +277,22 @@ def test_every_strategy_splits_round_time(tmp_path, strategy):
     row = rows[0]
     assert row["max-train-seconds"] == 0.5 and row["max-generate-seconds"] == 0.0
     assert row["server-seconds"] >= 0 and row["round-seconds"] >= row["server-seconds"]
+
+
+@pytest.mark.parametrize("strategy", ["fedavg-lora", "fedit"])
+def test_robust_rules_ignore_an_outlier_adapter(tmp_path, strategy):
+    replies = [
+        train_reply(1, adapter(w=[0, 4])),
+        train_reply(1, adapter(w=[4, 8])),
+        train_reply(50, adapter(w=[1000, -1000])),  # scaled attacker claiming many examples
+    ]
+    common = dict(initial=adapter(w=[0, 0]), **{"fedit.fraction-train": 1.0})
+    # Weighted mean: (1 * [0, 4] + 1 * [4, 8] + 50 * [1000, -1000]) / 52
+    mean, _, _ = run(tmp_path / "mean", strategy, replies, **common)
+    np.testing.assert_allclose(mean.arrays["w"].numpy(), [50004 / 52, -49988 / 52], rtol=1e-6)
+    # Median of [0, 4, 1000] and of [4, 8, -1000]: [4, 4]
+    median, rows, _ = run(
+        tmp_path / "median", strategy, replies, **{"aggregation.rule": "median"}, **common
+    )
+    np.testing.assert_array_equal(median.arrays["w"].numpy(), [4.0, 4.0])
+    assert median.arrays["w"].dtype == "float32" and rows[0]["train-replies"] == 3

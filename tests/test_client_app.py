@@ -108,3 +108,32 @@ def test_node_with_missing_data_file_is_named_and_the_round_goes_on(tmp_path, ca
     assert row["train-replies"] == 2 and row["dropped-replies"] == 1
     assert "node with partition-id 1: config key 'data-path'" in caplog.text
     assert "gone.jsonl" in caplog.text
+
+
+def test_injected_raise_is_dropped_and_the_round_goes_on(tmp_path, cache_dir, caplog):
+    models = ["tiny-llama", "tiny-gpt2", "tiny-llama"]
+    overrides = {"fault.mode": "raise", "fault.clients": "1"}
+    _, run_log, _ = run_fedsem(tmp_path, cache_dir, models, rounds=1, **overrides)
+    row = run_log.rows[0]
+    assert row["train-replies"] == 2 and row["dropped-replies"] == 1
+    assert row["eval-replies"] == 3  # the faulty node still evaluates
+    assert "partition-id 1: injected fault (fault.mode='raise')" in caplog.text
+
+
+def test_adversarial_client_sends_its_text_and_zlib_changes_no_consensus(tmp_path, cache_dir):
+    models = ["tiny-llama", "tiny-gpt2", "tiny-llama"]
+    fault = {"fault.mode": "adversarial", "fault.clients": "2", "fault.text": "BUY NOW"}
+    plain, plain_log, plain_grid = run_fedsem(tmp_path / "a", cache_dir, models, **fault)
+    packed, packed_log, _ = run_fedsem(
+        tmp_path / "b", cache_dir, models, **fault, **{"fedsem.wire-compression": "zlib"}
+    )
+    samples = [json.loads(line) for line in (plain_log.folder / "consensus_samples.jsonl").open()]
+    node3 = [a["text"] for s in samples for a in s["answers"] if a["node"] == 3]
+    assert node3 and set(node3) == {"BUY NOW"}
+    # Lossless on the wire: the same answers, the same consensus, round after round.
+    assert packed.pseudo_labels == plain.pseudo_labels
+    assert [r["agreement-mean"] for r in packed_log.rows] == [
+        r["agreement-mean"] for r in plain_log.rows
+    ]
+    sent = plain_grid._grid.sent[0].content
+    assert p.TEXTS in sent[p.PSEUDO] or len(sent[p.PSEUDO][p.IDS]) == 0

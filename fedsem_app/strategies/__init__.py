@@ -33,11 +33,16 @@ def register_strategy(name: str):
     return wrap
 
 
-def get_strategy_class(name: str) -> type[AppStrategy]:
-    """The strategy class for a name, or a ConfigError listing the choices."""
+def strategy_names() -> list[str]:
+    """Names of all registered strategies, sorted."""
     for module in _MODULES:
         importlib.import_module(f"fedsem_app.strategies.{module}")
-    if name not in STRATEGIES:
+    return sorted(STRATEGIES)
+
+
+def get_strategy_class(name: str) -> type[AppStrategy]:
+    """The strategy class for a name, or a ConfigError listing the choices."""
+    if name not in strategy_names():
         raise ConfigError(
             "strategy", f"got {name!r}; allowed values: {', '.join(sorted(STRATEGIES))}"
         )

@@ -26,17 +26,23 @@ from fedsem_app.config import AppConfig
 from fedsem_app.data import DataSplit
 from fedsem_app.results import RunLog
 from fedsem_app.validation import check_metrics, reply_error
+from fedsem_app.wire import pack_texts
 
 EVAL_METRICS = (p.NUM_EXAMPLES, p.ROUGE_L, p.EMBED_SIM, p.NLL)
 TRAIN_METRICS = (p.NUM_EXAMPLES, p.TRAIN_LOSS)
 
 
-def qa_record(pairs: Iterable[Any], with_answers: bool = True) -> ConfigRecord:
-    """Pack QA pairs as parallel lists (ConfigRecords hold same-type lists only)."""
+def qa_record(pairs: Iterable[Any], with_answers: bool = True, codec: str = "none") -> ConfigRecord:
+    """Pack QA pairs as parallel lists (ConfigRecords hold same-type lists only).
+
+    ``codec`` (see :mod:`fedsem_app.wire`) compresses the prompts and answers.
+    """
     pairs = list(pairs)
-    record = ConfigRecord({p.IDS: [q.id for q in pairs], p.PROMPTS: [q.prompt for q in pairs]})
+    record = ConfigRecord(
+        {p.IDS: [q.id for q in pairs], **pack_texts(p.PROMPTS, [q.prompt for q in pairs], codec)}
+    )
     if with_answers:
-        record[p.TEXTS] = [q.answer for q in pairs]
+        record.update(pack_texts(p.TEXTS, [q.answer for q in pairs], codec))
     return record
 
 
@@ -92,11 +98,13 @@ class AppStrategy(FedAvg):
         Returns
         -------
         tuple
-            The usable replies and the number dropped.
+            The usable replies, sorted by node id, and the number dropped.
         """
         required = tuple(required)
         kept, dropped = [], 0
-        for msg in replies:
+        # Node order, not arrival order: ties (e.g. a medoid of two answers) and float
+        # sums then come out the same however the replies arrived.
+        for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
             reason = reply_error(msg) or check_metrics(msg.content, required)
             if reason:
                 dropped += 1
@@ -269,11 +277,16 @@ class AppStrategy(FedAvg):
         dropped += len(kept) - len(vetted)
         kept, arrays = vetted, None
         if self.enough(server_round, "train", len(kept)):
-            arrays, _ = super().aggregate_train(server_round, kept)
+            arrays = self.combine(server_round, kept)
         metrics = self.record_train(
             server_round, kept, dropped, {"server-seconds": time.perf_counter() - t0}
         )
         return arrays, metrics
+
+    def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
+        """Combine vetted replies' arrays: FedAvg's weighted mean unless overridden."""
+        arrays, _ = super().aggregate_train(server_round, replies)
+        return arrays
 
     def check_adapter(self, server_round: int, message: Message) -> bool:
         """Hook for parameter strategies to vet a returned adapter (default: accept)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -10,14 +10,38 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
 from fedsem_app import protocol as p
 from fedsem_app.clients import clear_client_cache, load_client
+from fedsem_app.config import AggregationConfig
 from fedsem_app.strategies import register_strategy
 from fedsem_app.strategies.base import AppStrategy
 
 # Layout of an adapter: tensor name -> (shape, dtype), as Flower's Array describes them.
 Layout = dict[str, tuple[tuple[int, ...], str]]
+
+# Robust per-coordinate rules over K stacked tensors (K, ...) -> (...), as Flower's
+# FedMedian and FedTrimmedAvg compute them; "mean" stays with FedAvg's weighted mean.
+ROBUST_RULES: dict[str, Callable[[np.ndarray, AggregationConfig], np.ndarray]] = {
+    "median": lambda stack, cfg: np.median(stack, axis=0),
+    "trimmed-mean": lambda stack, cfg: trim_mean(stack, cfg.trim_fraction),
+}
+
+
+def robust_combine(
+    adapters: Sequence[Mapping[str, np.ndarray]], cfg: AggregationConfig
+) -> dict[str, np.ndarray]:
+    """Combine adapters tensor by tensor with the robust rule ``cfg.rule``.
+
+    Unweighted, as Flower's FedMedian and FedTrimmedAvg: a client cannot buy
+    influence by claiming many examples. Each result keeps its inputs' dtype.
+    """
+    rule = ROBUST_RULES[cfg.rule]
+    return {
+        key: np.asarray(rule(np.stack([a[key] for a in adapters]), cfg), dtype=first.dtype)
+        for key, first in adapters[0].items()
+    }
 
 
 def adapter_layout(arrays: Mapping[str, Array]) -> Layout:
@@ -114,6 +138,7 @@ class FedAvgLora(AppStrategy):
             template=self.app.model.template,
             seed=self.app.seed,
         )
+        client.set_adapter(None)  # the fresh adapter, even if this process trained the model
         state = client.adapter_state()
         # The server needs the model only for this adapter; free its weights.
         clear_client_cache()
@@ -137,6 +162,15 @@ class FedAvgLora(AppStrategy):
         self._layout = adapter_layout(arrays)
         return super().configure_train(server_round, arrays, config, grid)
 
+    def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
+        """FedAvg's weighted mean, or the robust rule set by ``aggregation.rule``."""
+        cfg = self.app.aggregation
+        if cfg.rule == "mean":
+            return super().combine(server_round, replies)
+        adapters = [{k: v.numpy() for k, v in msg.content[p.ADAPTER].items()} for msg in replies]
+        combined = robust_combine(adapters, cfg)
+        return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in combined.items()})
+
     def check_adapter(self, server_round: int, message: Message) -> bool:
         """Accept a returned adapter only if it matches the global one and is finite."""
         reason = adapter_problem(message.content, self._layout)
@@ -155,8 +189,10 @@ class FedAvgLora(AppStrategy):
         """Log the strategy's settings."""
         log(
             INFO,
-            "\t├── averaging: LoRA adapters of %s, weighted by %s",
+            "\t├── aggregation: LoRA adapters of %s, %s",
             self.app.model.names[0],
-            p.NUM_EXAMPLES,
+            f"mean weighted by {p.NUM_EXAMPLES}"
+            if self.app.aggregation.rule == "mean"
+            else f"unweighted {self.app.aggregation.rule}",
         )
         super().summary()

@@ -182,11 +182,12 @@ class FedSem(AppStrategy):
             len(self.pseudo_labels),
         )
         config[p.ROUND] = server_round
+        codec = self.app.fedsem.wire_compression
         content = RecordDict(
             {
                 p.TRAIN_CONFIG: config,
-                p.PUBLIC: qa_record(prompts, with_answers=False),
-                p.PSEUDO: qa_record(self.pseudo_labels),
+                p.PUBLIC: qa_record(prompts, with_answers=False, codec=codec),
+                p.PSEUDO: qa_record(self.pseudo_labels, codec=codec),
             }
         )
         return self._construct_messages(content, node_ids, MessageType.TRAIN)
