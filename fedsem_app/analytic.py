@@ -86,6 +86,8 @@ class Architecture:
     hidden_size, num_layers, num_heads, num_kv_heads, head_dim, ffn_size, vocab_size
         As in the model's config (``head_dim`` is usually ``hidden_size / num_heads``,
         but not always: Gemma-3-270M has 4 heads of 256 on a hidden size of 640).
+    tied_embeddings
+        Whether the LM head shares the input embedding (``tie_word_embeddings``).
 
     """
 
@@ -97,6 +99,7 @@ class Architecture:
     head_dim: int
     ffn_size: int
     vocab_size: int
+    tied_embeddings: bool = False
 
     def module_shapes(self) -> dict[str, tuple[int, int]]:
         """``(in, out)`` features of every linear module of one block."""
@@ -116,22 +119,23 @@ class Architecture:
             "down_proj": (f, h),
         }
 
-    def num_parameters(self, tied_embeddings: bool = False) -> int:
-        """Total weights of the linear layers and embeddings (norms ignored, < 0.01 %)."""
+    def num_parameters(self) -> int:
+        """Total weights of the linear layers and embeddings (norms and biases ignored)."""
         per_layer = sum(i * o for i, o in self.module_shapes().values())
-        embeddings = self.vocab_size * self.hidden_size * (1 if tied_embeddings else 2)
+        embeddings = self.vocab_size * self.hidden_size * (1 if self.tied_embeddings else 2)
         return self.num_layers * per_layer + embeddings
 
 
 # Published configs. Llama-3.1: meta-llama/Llama-3.1-{8B,70B,405B}; SmolLM2:
 # HuggingFaceTB/SmolLM2-135M(-Instruct); Qwen2.5: Qwen/Qwen2.5-0.5B; Gemma-3:
-# google/gemma-3-270m. The packaged SmolLM2 and Gemma-3 match their converted configs.
+# google/gemma-3-270m. The packaged SmolLM2 (converted config) and Gemma-3 (GGUF
+# metadata) were checked against these numbers.
 KNOWN_MODELS: dict[str, Architecture] = {
     arch.name.lower(): arch
     for arch in (
-        Architecture("SmolLM2-135M", 576, 30, 9, 3, 64, 1536, 49152),
-        Architecture("Gemma-3-270M", 640, 18, 4, 1, 256, 2048, 262144),
-        Architecture("Qwen2.5-0.5B", 896, 24, 14, 2, 64, 4864, 151936),
+        Architecture("SmolLM2-135M", 576, 30, 9, 3, 64, 1536, 49152, True),
+        Architecture("Gemma-3-270M", 640, 18, 4, 1, 256, 2048, 262144, True),
+        Architecture("Qwen2.5-0.5B", 896, 24, 14, 2, 64, 4864, 151936, True),
         Architecture("Llama-3.1-8B", 4096, 32, 32, 8, 128, 14336, 128256),
         Architecture("Llama-3.1-70B", 8192, 80, 64, 8, 128, 28672, 128256),
         Architecture("Llama-3.1-405B", 16384, 126, 128, 8, 128, 53248, 128256),

@@ -65,6 +65,13 @@ def test_llama_8b_parameter_count_without_norms():
     assert get_architecture("llama-3.1-8b").num_parameters() == 8_029_995_008
 
 
+def test_smollm2_parameter_count_with_tied_embeddings():
+    # per layer: q, o 576^2 = 331,776; k, v 576 * 192 = 110,592; gate, up, down
+    # 576 * 1536 = 884,736 -> 3,538,944; x 30 = 106,168,320; one 49152 x 576 table
+    # (tied LM head) = 28,311,552 -> 134,479,872 (the published 135M less norms)
+    assert get_architecture("smollm2-135m").num_parameters() == 134_479_872
+
+
 def test_behaviour_bytes_up_and_both():
     # up: 16 answers x 32 tokens x 4 B = 2048; down: 16 x (20 + 32) x 4 = 3328
     assert behaviour_bytes(16, 32, 4, prompt_tokens=20, directions="up") == 2048
