@@ -185,8 +185,9 @@ def save_checkpoint(
     data = (json.dumps(state, indent=1, default=_jsonable) + "\n").encode()
     _atomic_write(directory / STATE_FILE, data)
     written += len(data)
-    # Older arrays files go only now, when state.json no longer names them.
-    for old in directory.glob("arrays-round-*.safetensors"):
+    # Older arrays files go only now, when state.json no longer names them, and so do
+    # temporary files that a run killed in the middle of a write left behind.
+    for old in [*directory.glob("arrays-round-*.safetensors"), *directory.glob("*.tmp")]:
         if arrays_entry is None or old.name != arrays_entry["file"]:
             old.unlink(missing_ok=True)
     profile = resume_profile(config, folder).encode()

@@ -8,7 +8,9 @@ Flower run would.
 
 import json
 import math
+import os
 import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -368,3 +370,32 @@ def test_checkpoint_round_trips_arrays_in_order(tmp_path):
     for key in arrays:
         assert restored[key].data == arrays[key].data
         assert restored[key].shape == arrays[key].shape and restored[key].dtype == "float32"
+
+
+def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    before = ArrayRecord({"w": Array(START)})
+    after = ArrayRecord({"w": Array(START * 2)})
+    folder = write_checkpoint(tmp_path / "job", server_round=2, arrays=before)
+    real_replace = os.replace
+
+    def die_on_state(src, dst):
+        if Path(dst).name == "state.json":
+            raise OSError("killed")
+        real_replace(src, dst)
+
+    monkeypatch.setattr("fedsem_app.checkpoint.os.replace", die_on_state)
+    with pytest.raises(OSError):
+        write_checkpoint(folder, server_round=3, arrays=after)
+    # The round-3 arrays are on disk, but state.json still names round 2's.
+    checkpoint = read_checkpoint(folder)
+    assert checkpoint.round == 2 and checkpoint.arrays["w"].data == before["w"].data
+    assert "state.json.tmp" in layout(folder / CHECKPOINT_DIR)
+
+    monkeypatch.setattr("fedsem_app.checkpoint.os.replace", real_replace)
+    write_checkpoint(folder, server_round=3, arrays=after)
+    assert read_checkpoint(folder).arrays["w"].data == after["w"].data
+    assert layout(folder / CHECKPOINT_DIR) == [
+        "arrays-round-0003.safetensors",
+        "resume.toml",
+        "state.json",
+    ]
