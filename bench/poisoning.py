@@ -1,0 +1,250 @@
+"""Poisoned clients: how much 0, 1 or 2 bad clients out of 5 move the result.
+
+Two parts, each with real models on the packaged construction FAQ:
+
+``text`` (FedSem)
+    Five honest clients (SmolLM2-135M and Gemma-3-270M, alternating), each after
+    ``--steps`` LoRA steps on its own Dirichlet partition, answer ``--prompts``
+    held-out test prompts. Then 0, 1 or 2 of them are replaced by poisoned clients
+    through the app's fault code (:mod:`fedsem_app.faults`): ``garbage`` (random
+    letters) or ``adversarial`` (the same fixed text from every poisoned client, at
+    the highest confidence: colluding). Every consensus rule picks one answer per
+    prompt; we report how often it picked a poisoned answer and the ROUGE-L and
+    embedding similarity of the picks to the reference answers.
+``adapter`` (FedAvg-LoRA)
+    Five SmolLM2-135M clients train the same fresh global adapter on their
+    partitions. Then 0, 1 or 2 of them send a ``scaled-adapter`` (x ``--scale``) or
+    a ``random-adapter`` instead, and the adapters are combined with each
+    ``aggregation.rule`` (``mean`` weighted by examples, ``median``,
+    ``trimmed-mean`` cutting 20 % at each end). We report the test NLL of the
+    combined adapter and its distance to the honest clients' mean.
+
+The honest answers and adapters are computed once per run (most of the time: about
+5-8 minutes on 2 CPU cores); the attacks reuse them, so every row of a table
+differs from its 0-poisoned row only by the poisoned clients.
+
+Run from the project root, with the CPU to itself::
+
+    flock /tmp/fedsem-cpu.lock .venv/bin/python bench/poisoning.py
+    .venv/bin/python bench/poisoning.py --parts text --prompts 16 --out /tmp/poison
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import machine, markdown, output_folder, write_results  # noqa: E402
+
+NUM_CLIENTS = 5
+POISONED = (0, 1, 2)
+
+
+def honest_clients(args: argparse.Namespace, models: list[str]):
+    """Train one adapter per client on its partition; yield (client, adapter, data size)."""
+    from fedsem_app.clients import load_client, set_num_threads
+    from fedsem_app.config import DataConfig, LoraConfig, ModelConfig, TrainConfig
+    from fedsem_app.data import load_partition
+
+    set_num_threads(0)
+    train = TrainConfig(local_steps=args.steps, batch_size=4, max_seq_len=96)
+    for k, name in enumerate(models):
+        client = load_client(
+            name, LoraConfig(), device="cpu", cache_dir=ModelConfig().cache_path, seed=args.seed
+        )
+        client.set_adapter(None)
+        private = load_partition(DataConfig(), args.seed, NUM_CLIENTS, k)
+        stats = client.train([(q.prompt, q.answer) for q in private], train, seed=args.seed + k)
+        print(
+            f"  client {k} ({name}): {len(private)} private pairs, "
+            f"{args.steps} steps, loss {stats['train-loss']:.3f}",
+            flush=True,
+        )
+        yield client, client.adapter_state(), len(private)
+
+
+def text_part(args: argparse.Namespace, test) -> list[dict]:
+    """Consensus quality with poisoned answers, for every rule and attack."""
+    import torch
+
+    from fedsem_app.config import CONSENSUS_RULES, FaultConfig, FedSemConfig, GenerationConfig
+    from fedsem_app.consensus import consensus
+    from fedsem_app.embedding import cosine_to_reference, embed
+    from fedsem_app.evaluation import rouge_l
+    from fedsem_app.faults import corrupt_answers
+
+    prompts = [q.prompt for q in test]
+    references = [q.answer for q in test]
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=16)
+    models = ["smollm2-135m", "gemma3-270m"] * 3
+    texts, confs = [], []
+    for client, _, _ in honest_clients(args, models[:NUM_CLIENTS]):
+        answers, confidences = client.generate(prompts, gen)
+        texts.append(list(answers))
+        confs.append([float(c) for c in confidences])
+    cfg = FedSemConfig()
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for attack in ("garbage", "adversarial"):
+        fault = FaultConfig(mode=attack)
+        for n_bad in POISONED:
+            grid_texts, grid_confs = [list(t) for t in texts], [list(c) for c in confs]
+            bad = list(range(NUM_CLIENTS - n_bad, NUM_CLIENTS))  # the last n_bad clients
+            for k in bad:
+                grid_texts[k], grid_confs[k] = corrupt_answers(fault, texts[k], confs[k], rng)
+            # (K, P) -> (P, K); embed every answer once, as the server does.
+            flat = [grid_texts[k][i] for i in range(len(prompts)) for k in range(NUM_CLIENTS)]
+            vectors = embed(flat, cfg.embedder).reshape(len(prompts), NUM_CLIENTS, -1)
+            mask = torch.tensor(
+                [[bool(t.strip()) for t in col] for col in zip(*grid_texts, strict=True)]
+            )
+            conf = torch.tensor(grid_confs, dtype=torch.float32).T
+            for rule in CONSENSUS_RULES:
+                result = consensus(
+                    rule,
+                    torch.from_numpy(vectors),
+                    mask,
+                    confidences=conf,
+                    cluster_threshold=cfg.cluster_threshold,
+                    confidence_weight=cfg.confidence_weight,
+                )
+                picks = [grid_texts[int(k)][i] for i, k in enumerate(result.index)]
+                rows.append(
+                    {
+                        "attack": attack,
+                        "poisoned": n_bad,
+                        "rule": rule,
+                        "picked-poisoned": float(np.isin(result.index, bad).mean()),
+                        "rouge-l": float(np.mean(rouge_l(picks, references))),
+                        "embed-sim": float(
+                            cosine_to_reference(picks, references, cfg.embedder).mean()
+                        ),
+                    }
+                )
+    # Context: an average honest client's own answers, no consensus.
+    honest_rouge = np.mean([np.mean(rouge_l(t, references)) for t in texts])
+    print(f"  an honest client's own answers: ROUGE-L {honest_rouge:.3f} on average")
+    return rows
+
+
+def adapter_part(args: argparse.Namespace, test) -> list[dict]:
+    """Test NLL of combined adapters with poisoned clients, for every aggregation rule."""
+    from fedsem_app.config import AGGREGATION_RULES, AggregationConfig, FaultConfig
+    from fedsem_app.faults import corrupt_adapter
+    from fedsem_app.strategies.fedavg_lora import robust_combine
+
+    trained = list(honest_clients(args, ["smollm2-135m"] * NUM_CLIENTS))
+    client = trained[0][0]
+    adapters = [a for _, a, _ in trained]
+    weights = np.array([n for _, _, n in trained], dtype=np.float64)
+    pairs = [(q.prompt, q.answer) for q in test]
+
+    def weighted_mean(states, w):
+        return {
+            k: np.tensordot(w / w.sum(), np.stack([s[k] for s in states]), axes=1).astype(
+                np.float32
+            )
+            for k in states[0]
+        }
+
+    def distance(state, ref):
+        num = sum(float(np.sum((state[k] - ref[k]) ** 2)) for k in ref)
+        den = sum(float(np.sum(ref[k] ** 2)) for k in ref)
+        return (num / den) ** 0.5
+
+    honest_mean = weighted_mean(adapters, weights)
+    client.set_adapter(None)
+    rows = [{"attack": "-", "poisoned": 0, "rule": "fresh adapter", "nll": client.nll(pairs)}]
+    rng = np.random.default_rng(args.seed)
+    for attack in ("scaled-adapter", "random-adapter"):
+        fault = FaultConfig(mode=attack, scale=args.scale)
+        for n_bad in POISONED:
+            states = list(adapters)
+            for k in range(NUM_CLIENTS - n_bad, NUM_CLIENTS):
+                states[k] = corrupt_adapter(fault, adapters[k], rng)
+            for rule in AGGREGATION_RULES:
+                if rule == "mean":
+                    combined = weighted_mean(states, weights)
+                else:
+                    combined = robust_combine(states, AggregationConfig(rule=rule))
+                client.set_adapter(combined)
+                rows.append(
+                    {
+                        "attack": attack,
+                        "poisoned": n_bad,
+                        "rule": rule,
+                        "nll": client.nll(pairs),
+                        "distance": distance(combined, honest_mean),
+                    }
+                )
+    return rows
+
+
+def main() -> None:
+    """Run the parts asked for and print one table each."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", default="text,adapter", help="text, adapter or both")
+    parser.add_argument("--prompts", type=int, default=32, help="held-out prompts (text part)")
+    parser.add_argument("--steps", type=int, default=4, help="local LoRA steps per client")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--scale", type=float, default=10.0, help="fault.scale for adapters")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", help="output folder (default /tmp/fedsem-bench/poisoning-*)")
+    args = parser.parse_args()
+
+    from fedsem_app.config import DataConfig
+    from fedsem_app.data import load_split
+
+    folder = output_folder("poisoning", args.out)
+    test = load_split(DataConfig(), args.seed).test[: args.prompts]
+    meta = {"machine": machine(), "args": vars(args)}
+    parts = args.parts.split(",")
+    if "text" in parts:
+        t0 = time.perf_counter()
+        print(f"text part: {NUM_CLIENTS} clients answer {len(test)} prompts", flush=True)
+        rows = text_part(args, test)
+        meta["text-seconds"] = time.perf_counter() - t0
+        write_results(folder, "poisoning_text", rows, meta)
+        print(
+            markdown(
+                rows,
+                [
+                    ("attack", "attack", ""),
+                    ("poisoned", "poisoned of 5", ""),
+                    ("rule", "rule", ""),
+                    ("picked-poisoned", "picked a poisoned answer", ".0%"),
+                    ("rouge-l", "ROUGE-L", ".3f"),
+                    ("embed-sim", "embed-sim", ".3f"),
+                ],
+            )
+        )
+    if "adapter" in parts:
+        t0 = time.perf_counter()
+        test = test[:16]
+        print(f"adapter part: {NUM_CLIENTS} SmolLM2 clients, NLL on {len(test)} prompts")
+        rows = adapter_part(args, test)
+        meta["adapter-seconds"] = time.perf_counter() - t0
+        write_results(folder, "poisoning_adapter", rows, meta)
+        print(
+            markdown(
+                rows,
+                [
+                    ("attack", "attack", ""),
+                    ("poisoned", "poisoned of 5", ""),
+                    ("rule", "aggregation.rule", ""),
+                    ("nll", "test NLL", ".3f"),
+                    ("distance", "distance to honest mean", ".3g"),
+                ],
+            )
+        )
+    print(f"results in {folder}")
+
+
+if __name__ == "__main__":
+    main()
