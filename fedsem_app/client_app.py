@@ -129,7 +129,12 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError(f"node with partition-id {node.partition_id}: {err}") from err
     pairs = [(q.prompt, q.answer) for q in private]
     pairs += [(prompt, text) for _, prompt, text in _qa(msg.content.get(p.PSEUDO))]
-    stats = client.train(pairs, cfg.train, seed=cfg.seed + 1000 * server_round + node.partition_id)
+    stats = client.train(
+        pairs,
+        cfg.train,
+        seed=cfg.seed + 1000 * server_round + node.partition_id,
+        proximal_mu=float(config.get(p.PROXIMAL_MU, 0.0)),
+    )
     context.state[STATE_ADAPTER] = _adapter_record(client.adapter_state())
 
     content = RecordDict({p.INFO: _info(cfg, node)})

@@ -193,6 +193,16 @@ class FedITConfig:
         _check(0 < self.fraction_train <= 1, "fedit.fraction-train", "must be in (0, 1]")
 
 
+@dataclass(frozen=True)
+class FedProxConfig:
+    """FedProx settings (used by the ``fedprox-lora`` strategy)."""
+
+    proximal_mu: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check(self.proximal_mu >= 0, "fedprox.proximal-mu", "must be >= 0")
+
+
 AGGREGATION_RULES = ("mean", "median", "trimmed-mean")
 
 
@@ -290,6 +300,7 @@ class AppConfig:
     data: DataConfig = field(default_factory=DataConfig)
     fedsem: FedSemConfig = field(default_factory=FedSemConfig)
     fedit: FedITConfig = field(default_factory=FedITConfig)
+    fedprox: FedProxConfig = field(default_factory=FedProxConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)

@@ -21,6 +21,7 @@ INFO = "info"  # ConfigRecord reply: MODEL_NAME and other strings
 # --- fields inside those records -----------------------------------------------
 ROUND = "server-round"
 RETURN_ADAPTER = "return-adapter"
+PROXIMAL_MU = "proximal-mu"  # FedProx's term weight (Flower's FedProx uses this key too)
 TRAIN_ON_ALL_PARTITIONS = "train-on-all-partitions"
 TEMPLATE = "template"  # prompt template the client must use (overrides model.template)
 IDS = "ids"

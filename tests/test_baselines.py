@@ -161,7 +161,7 @@ def test_fedavg_lora_initial_adapter_is_the_clients_fresh_one():
         np.testing.assert_array_equal(arrays[key].numpy(), value)
 
 
-@pytest.mark.parametrize("strategy", ["fedavg-lora", "fedit", "pooled"])
+@pytest.mark.parametrize("strategy", ["fedavg-lora", "fedit", "fedprox-lora", "pooled"])
 def test_shared_model_strategies_refuse_mixed_models(strategy):
     cfg = load_app_config({"strategy": strategy, "model.names": "tiny-llama,tiny-gpt2"})
     with pytest.raises(ConfigError) as err:
@@ -268,7 +268,7 @@ def test_pooled_trains_and_evaluates_one_node_on_all_partitions(tmp_path):
     assert [r["eval-replies"] for r in rows] == [1, 1]
 
 
-@pytest.mark.parametrize("strategy", ["fedavg-lora", "fedit", "local", "pooled"])
+@pytest.mark.parametrize("strategy", ["fedavg-lora", "fedit", "fedprox-lora", "local", "pooled"])
 def test_every_strategy_splits_round_time(tmp_path, strategy):
     replies = [train_reply(2, adapter(w=[1, 1]))] * 2
     if strategy in ("local", "pooled"):
@@ -279,7 +279,7 @@ def test_every_strategy_splits_round_time(tmp_path, strategy):
     assert row["server-seconds"] >= 0 and row["round-seconds"] >= row["server-seconds"]
 
 
-@pytest.mark.parametrize("strategy", ["fedavg-lora", "fedit"])
+@pytest.mark.parametrize("strategy", ["fedavg-lora", "fedit", "fedprox-lora"])
 def test_robust_rules_ignore_an_outlier_adapter(tmp_path, strategy):
     replies = [
         train_reply(1, adapter(w=[0, 4])),
@@ -296,3 +296,14 @@ def test_robust_rules_ignore_an_outlier_adapter(tmp_path, strategy):
     )
     np.testing.assert_array_equal(median.arrays["w"].numpy(), [4.0, 4.0])
     assert median.arrays["w"].dtype == "float32" and rows[0]["train-replies"] == 3
+
+
+def test_fedprox_sends_mu_and_averages_as_fedavg(tmp_path):
+    replies = [train_reply(1, adapter(w=[0, 4])), train_reply(3, adapter(w=[4, 8]))]
+    result, _, inbox = run(
+        tmp_path, "fedprox-lora", replies, initial=adapter(w=[0, 0]), **{"fedprox.proximal-mu": 0.5}
+    )
+    np.testing.assert_allclose(result.arrays["w"].numpy(), [3.0, 7.0])  # as fedavg-lora
+    for _, content in sent(inbox, p.TRAIN):
+        assert content[p.TRAIN_CONFIG][p.PROXIMAL_MU] == 0.5
+        assert content[p.TRAIN_CONFIG][p.RETURN_ADAPTER] is True

@@ -359,6 +359,25 @@ def test_train_without_steps_or_pairs_changes_nothing(client):
         np.testing.assert_array_equal(value, initial[key])
 
 
+def test_proximal_term_keeps_the_adapter_near_its_start(client):
+    settings = TrainConfig(local_steps=10, batch_size=2, learning_rate=1e-2)
+
+    def drift(mu):
+        client.set_adapter(None)
+        start = client.adapter_state()
+        loss = client.train(PAIRS, settings, seed=3, proximal_mu=mu)["train-loss"]
+        end = client.adapter_state()
+        return sum(float(np.sum((end[k] - start[k]) ** 2)) for k in start) ** 0.5, loss
+
+    free, free_loss = drift(0.0)
+    held, held_loss = drift(1000.0)
+    # mu = 1000: after the first step (no drift yet, so the same first loss) the term's
+    # gradient dominates and pulls the weights back; the reported loss excludes the term.
+    assert held < free / 3, (held, free)
+    assert math.isfinite(held_loss) and held_loss > 0
+    client.set_adapter(None)
+
+
 def test_training_is_seeded(client):
     settings = TrainConfig(local_steps=3, batch_size=2, learning_rate=1e-2)
     first = client.train(PAIRS, settings, seed=7)["train-loss"]

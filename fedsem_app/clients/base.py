@@ -357,12 +357,19 @@ class CausalLMClient:
     # -- train / generate / score ------------------------------------------------------
 
     def train(
-        self, pairs: Sequence[tuple[str, str]], settings: TrainConfig, *, seed: int
+        self,
+        pairs: Sequence[tuple[str, str]],
+        settings: TrainConfig,
+        *,
+        seed: int,
+        proximal_mu: float = 0.0,
     ) -> dict[str, float]:
         """Fine-tune the adapter for exactly ``settings.local_steps`` AdamW steps.
 
         Batches of ``settings.batch_size`` pairs are drawn from seeded shuffled passes
-        over ``pairs``; the loss covers the answer tokens (and EOS) only.
+        over ``pairs``; the loss covers the answer tokens (and EOS) only. With
+        ``proximal_mu > 0`` the loss adds FedProx's ``mu / 2 * ||w - w0||^2`` over
+        the adapter weights, ``w0`` being the adapter at the start of the call.
 
         Returns
         -------
@@ -380,6 +387,7 @@ class CausalLMClient:
                 np.random.default_rng(seed), len(examples), settings.batch_size, steps
             )
             params = [p for p in self.model.parameters() if p.requires_grad]
+            start_params = [p.detach().clone() for p in params] if proximal_mu > 0 else []
             optimizer = torch.optim.AdamW(params, lr=settings.learning_rate)
             pad_id = self.tokenizer.pad_token_id
             self.model.train()
@@ -389,12 +397,18 @@ class CausalLMClient:
                         batch = pad_batch([examples[i] for i in indices], pad_id, "right")
                         with self._autocast():
                             loss = self.model(**self._to_device(batch)).loss
+                        losses.append(float(loss.detach()))  # the task loss, without the term
+                        if start_params:
+                            drift = sum(
+                                (w - w0).pow(2).sum()
+                                for w, w0 in zip(params, start_params, strict=True)
+                            )
+                            loss = loss + proximal_mu / 2 * drift
                         loss.backward()
                         # Clipping keeps single tiny-batch steps from blowing up the adapter.
                         torch.nn.utils.clip_grad_norm_(params, 1.0)
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
-                        losses.append(float(loss.detach()))
             finally:
                 self.model.eval()
         return {

@@ -17,7 +17,7 @@ STRATEGIES: dict[str, type[AppStrategy]] = {}
 
 # Modules that register strategies; imported lazily so that importing the
 # registry has no side effects beyond filling this dict.
-_MODULES = ("fedsem", "fedavg_lora", "fedit", "local", "pooled")
+_MODULES = ("fedsem", "fedavg_lora", "fedit", "fedprox_lora", "local", "pooled")
 
 
 def register_strategy(name: str):
