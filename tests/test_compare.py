@@ -161,7 +161,14 @@ def test_duplicate_strategies_get_their_folder_name(tmp_path):
 @pytest.mark.parametrize("name", ["compare.toml", "compare-quick.toml"])
 def test_profiles_parse_and_every_run_config_is_valid(name, tmp_path):
     shared, compare = read_profile(ROOT / "conf" / name)
-    assert compare["strategies"] == ["fedsem", "fedavg-lora", "fedit", "local", "pooled"]
+    assert compare["strategies"] == [
+        "fedsem",
+        "fedavg-lora",
+        "fedit",
+        "fedprox-lora",
+        "local",
+        "pooled",
+    ]
     for strategy in compare["strategies"]:
         flat = {**shared, "strategy": strategy, "results-dir": "/tmp/x", "run-name": strategy}
         # The temp file handed to flwr run reads back to the same values.
