@@ -52,7 +52,8 @@ def run_folders(paths: list[str]) -> list[Path]:
             folders += sorted(f for f in (path / "runs").glob("*") if (f / "metrics.json").exists())
     if not folders:
         raise SystemExit(f"no run folders (with metrics.json) under {paths}")
-    return folders
+    # FedSem first: the other strategies are compared against it.
+    return sorted(folders, key=lambda f: strategy_of(f) != "fedsem")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default="2,8,32,128")
     parser.add_argument("--prompts", default="64,512,4096")
     parser.add_argument(
-        "--max-texts", type=int, default=8192, help="embed cells with at most this many answers"
+        "--max-texts", type=int, default=16384, help="embed cells with at most this many answers"
     )
     parser.add_argument("--out", help="output folder (default /tmp/fedsem-bench/...)")
     args = parser.parse_args(argv)

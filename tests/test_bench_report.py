@@ -45,7 +45,7 @@ def test_bytes_and_round_time_from_run_folders(tmp_path):
     make_run(tmp_path, "fedsem", down=1000, up=500)
     make_run(tmp_path, "fedavg-lora", down=1_000_000, up=1_000_000)
     folders = compare_report.run_folders([str(tmp_path)])
-    assert [compare_report.strategy_of(f) for f in folders] == ["fedavg-lora", "fedsem"]
+    assert [compare_report.strategy_of(f) for f in folders] == ["fedsem", "fedavg-lora"]
 
     fedsem = compare_report.bytes_rows(tmp_path / "runs" / "fedsem")
     # train down: rounds 1000 and 2000 -> mean 1500; up 500; evaluate 110 a round
