@@ -129,9 +129,10 @@ class FedSem(AppStrategy):
     Each round the server sends the round's public prompts and last round's
     consensus texts (pseudo-labels). Clients fine-tune their own model (any
     architecture) on their private data plus the pseudo-labelled pairs, then
-    answer the public prompts. The server embeds all answers in one batched
-    call, picks a consensus answer per prompt with the configured rule and keeps
-    it as the next round's pseudo-label. No parameters cross the network.
+    answer the public prompts. The server embeds the answers in batched calls
+    (blocks of whole prompts, at most ``VOTE_CHUNK_TEXTS`` answers each), picks a
+    consensus answer per prompt with the configured rule and keeps it as the next
+    round's pseudo-label. No parameters cross the network.
 
     Wire contract (see :mod:`fedsem_app.protocol`)
     -----------------------------------------------
