@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 MODELS = ("tiny-llama", "tiny-gpt2", "tiny-qwen2")
 NODES = tuple(f"node{i}" for i in range(len(MODELS)))
+BAD_NODES = ("badmodel", "baddata")  # registered, but misconfigured
 CONNECTION = "fedsem-test"
 PORT_ATTEMPTS = 3  # a free port may be taken by another process before we bind it
 # Flower's binaries come from this interpreter's environment, first on PATH.
@@ -149,14 +150,17 @@ class Deployment:
 
     def kill_leftovers(self) -> list[str]:
         # Every Flower process of ours names one of our ports or folders on its command line.
+        # Our own ancestors may name the folder too (a wrapper given it as an argument).
         markers = [f"127.0.0.1:{port}" for port in self.ports] + [str(self.base)]
+        spare = ancestors()
         left = []
         for proc_dir in Path("/proc").glob("[0-9]*"):
             try:
                 cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if int(proc_dir.name) != os.getpid() and any(m in cmdline for m in markers):
+            flower = "flower-" in cmdline or "flwr" in cmdline
+            if int(proc_dir.name) not in spare and flower and any(m in cmdline for m in markers):
                 left.append(f"{proc_dir.name}: {cmdline}")
                 try:
                     os.kill(int(proc_dir.name), signal.SIGKILL)
@@ -165,18 +169,31 @@ class Deployment:
         return left
 
 
+def ancestors() -> set[int]:
+    """This process and every process above it."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])  # field 4, after "(comm)"
+    return pids
+
+
 def port_taken(log: Path) -> bool:
     return "address already in use" in tail(log)
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    """A SuperLink with TLS and node auth, its connection, and four registered keys."""
+    """A SuperLink with TLS and node auth, its connection, and five registered keys."""
     dep = Deployment(tmp_path_factory.mktemp("deploy"))
     left: list[str] = []
     try:
         dep.script("make-certs.sh", "-o", str(dep.certs), "localhost", "127.0.0.1")
-        dep.script("make-node-keys.sh", "-o", str(dep.keys), *NODES, "badnode", "intruder")
+        dep.script("make-node-keys.sh", "-o", str(dep.keys), *NODES, *BAD_NODES, "intruder")
         dep.start_superlink()
         dep.script(
             "add-connection.sh",
@@ -189,7 +206,7 @@ def deployment(tmp_path_factory):
         dep.script(
             "register-nodes.sh",
             CONNECTION,
-            *(str(dep.keys / f"{name}.pub") for name in (*NODES, "badnode")),
+            *(str(dep.keys / f"{name}.pub") for name in (*NODES, *BAD_NODES)),
         )
         yield dep
     finally:
@@ -332,22 +349,42 @@ def kill_node(dep: Deployment, name: str) -> None:
     pid_file.unlink()
 
 
-# About 3 minutes on 2 idle cores: the SuperLink waits 2 x 30 s of missed heartbeats.
+def node_id(dep: Deployment, name: str) -> int:
+    """The node id the SuperLink gave SuperNode ``name`` (from its log)."""
+    for line in (dep.run_dir / f"{name}.log").read_text(errors="replace").splitlines():
+        if "SuperNode ID" in line:
+            return int(line.rsplit(":", 1)[1].strip())
+    raise AssertionError(f"no node id in {name}.log:\n{tail(dep.run_dir / f'{name}.log')}")
+
+
+# About 5 minutes on 2 idle cores: the SuperLink waits 2 x 30 s of missed heartbeats.
 @pytest.mark.slow
-def test_run_survives_a_node_dying_mid_round_and_a_node_with_a_wrong_model(deployment):
-    # Prepare: node0..node2 as above plus "badnode", whose model name does not exist;
-    # min-clients=2 of 4, three rounds.
+def test_run_survives_a_node_dying_mid_round_and_misconfigured_nodes(deployment):
+    # Prepare: node0..node2 as above, plus "badmodel" (a model name that does not exist)
+    # and "baddata" (a data file that exists, with other field names than the run maps);
+    # min-clients=2 of 5, three rounds.
     dep = deployment
     output_file = dep.base / "faults.out"
+    wrong_fields = dep.base / "wrong-fields.jsonl"
+    wrong_fields.write_text('{"question": "Q?", "response": "A."}\n')
     try:
         start_nodes(dep)
         dep.start_supernode(
-            "badnode",
-            "badnode",
+            "badmodel",
+            "badmodel",
             "--model-name", "no-such-model",
             "--partition-id", "3",
-            "--num-partitions", "4",
+            "--num-partitions", "5",
         )  # fmt: skip
+        dep.start_supernode(
+            "baddata",
+            "baddata",
+            "--model-name", MODELS[0],
+            "--data-path", str(wrong_fields),
+            "--partition-id", "4",
+            "--num-partitions", "5",
+        )  # fmt: skip
+        bad_ids = {name: node_id(dep, name) for name in BAD_NODES}
         profile = run_profile(dep, "faults", **{"min-clients": 2, "num-server-rounds": 3})
 
         # Execute: kill node2 once its round-1 ClientApp runs, restart it once the
@@ -367,22 +404,31 @@ def test_run_survives_a_node_dying_mid_round_and_a_node_with_a_wrong_model(deplo
                     run.kill()
                     run.wait()
     finally:
-        dep.stop(*NODES, "badnode")
+        dep.stop(*NODES, *BAD_NODES)
 
-    # Assert: the run finished; round 1 went on without the dead and the bad node.
+    # Assert: the run finished; round 1 went on without the dead and the two bad nodes.
     output = output_file.read_text(errors="replace")
     assert run.returncode == 0, output[-6000:] + all_logs(dep)
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     folder = dep.base / "runs" / "faults"
     rows = json.loads((folder / "metrics.json").read_text())
     assert [r["round"] for r in rows] == [1, 2, 3]
-    assert rows[0]["train-replies"] == 2 and rows[0]["dropped-replies"] == 2, rows[0]
-    # The dead node's message is answered by the SuperLink; the bad node names itself
-    # (by partition) and its model name.
+    assert rows[0]["train-replies"] == 2 and rows[0]["dropped-replies"] == 3, rows[0]
+    # The dead node's message is answered by the SuperLink; each bad node's reply names
+    # the node (its id in the server's line, its partition in the error) and the value.
     assert "Error: Node Unavailable" in output
-    assert "node with partition-id 3: cannot load model-name 'no-such-model'" in output
+    assert (
+        f"dropped reply of node {bad_ids['badmodel']}: client error (code 2)" in output
+        and "node with partition-id 3: cannot load model-name 'no-such-model'" in output
+    ), output[-6000:]
+    assert (
+        f"dropped reply of node {bad_ids['baddata']}: client error (code 2)" in output
+        and f"node with partition-id 4: config key 'data.prompt-field': field 'prompt' "
+        f"is not in file '{wrong_fields}'"
+        in output
+    ), output[-6000:]
     # node2 rejoined: by round 3 at the latest it trains and answers again.
-    assert rows[2]["train-replies"] == 3 and rows[2]["dropped-replies"] == 1, rows[2]
+    assert rows[2]["train-replies"] == 3 and rows[2]["dropped-replies"] == 2, rows[2]
     samples = [json.loads(line) for line in (folder / "consensus_samples.jsonl").open()]
     last = [a["model"] for s in samples if s["round"] == 3 for a in s["answers"]]
     assert set(last) == set(MODELS), last
