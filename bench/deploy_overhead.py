@@ -8,16 +8,18 @@ train and evaluate message pays Python imports and a model load. This script mea
     empty model cache (build / GGUF conversion) and again with the cache filled. It also
     checks that the warm load did not rewrite the cached folder.
 ``deploy``
-    A loopback deployment (TLS, node authentication, three SuperNodes with the quick
-    profile's tiny models, 2 rounds) run twice on the same nodes: first with an empty
-    model cache, then with the cache the first run filled.
+    A loopback deployment (TLS, node authentication, one SuperNode per ``--run-models``
+    entry, default the quick profile's three tiny models; quick profile, 2 rounds) run
+    twice on the same nodes: first with an empty model cache, then with the cache the
+    first run filled.
 ``sim``
-    The same run config in simulation (``--federation-config "num-supernodes=3"``).
+    The same run config in simulation, one virtual node per model.
 
 Run from the project root (with the CPU to itself; it prints one table per part)::
 
     python bench/deploy_overhead.py                       # all parts
     python bench/deploy_overhead.py --parts load --models tiny-llama,smollm2-135m
+    python bench/deploy_overhead.py --parts deploy,sim --run-models smollm2-135m,tiny-gpt2
 """
 
 from __future__ import annotations
@@ -127,18 +129,20 @@ def _flwr_run(cmd: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
-def bench_runs(work: Path, parts: list[str]) -> None:
+def bench_runs(work: Path, parts: list[str], models: list[str]) -> None:
     """Per-round seconds: loopback deployment cold/warm cache, and simulation."""
-    from tests.test_deploy import CONNECTION, NODES, Deployment, run_profile, start_node
-    from tests.test_deploy import MODELS as TINY
+    from tests.test_deploy import CONNECTION, Deployment, run_profile
 
     dep = Deployment(work / "deploy")
     dep.base.mkdir(parents=True, exist_ok=True)
+    nodes = [f"node{i}" for i in range(len(models))]
+    # Every node answers every round; simulation assigns the same models by partition id.
+    setting = {"min-clients": len(models), "model.names": ",".join(models)}
     rows = []
     try:
         if "deploy" in parts:
             dep.script("make-certs.sh", "-o", str(dep.certs), "localhost", "127.0.0.1")
-            dep.script("make-node-keys.sh", "-o", str(dep.keys), *NODES)
+            dep.script("make-node-keys.sh", "-o", str(dep.keys), *nodes)
             dep.start_superlink()
             dep.script(
                 "add-connection.sh",
@@ -148,25 +152,35 @@ def bench_runs(work: Path, parts: list[str]) -> None:
                 str(dep.certs / "ca.crt"),
             )
             dep.script(
-                "register-nodes.sh", CONNECTION, *(str(dep.keys / f"{n}.pub") for n in NODES)
+                "register-nodes.sh", CONNECTION, *(str(dep.keys / f"{n}.pub") for n in nodes)
             )
-            for i, (name, model) in enumerate(zip(NODES, TINY, strict=True)):
-                start_node(dep, name, model, i)
+            for i, (name, model) in enumerate(zip(nodes, models, strict=True)):
+                dep.start_supernode(
+                    name,
+                    name,
+                    "--model-name", model,
+                    "--partition-id", str(i),
+                    "--num-partitions", str(len(models)),
+                )  # fmt: skip
             # The same nodes twice: the first run fills the empty cache, the second reuses it.
             for label in ("deployment, empty cache", "deployment, filled cache"):
                 run_name = "cold" if "empty" in label else "warm"
-                profile = run_profile(dep, run_name, **{"min-clients": 3})
+                profile = run_profile(dep, run_name, **setting)
                 cmd = ["flwr", "run", ".", CONNECTION, "--stream", "--run-config", str(profile)]
                 total = _flwr_run(cmd, dep.env)
                 rows.append((label, _round_seconds(dep.base / "runs" / run_name), total))
         if "sim" in parts:
             # The same run config (and the cache the deployment runs filled, if they ran).
-            profile = run_profile(dep, "sim", **{"min-clients": 3})
+            profile = run_profile(dep, "sim", **setting)
             cmd = ["flwr", "run", ".", "--stream", "--run-config", str(profile)]
-            cmd += ["--federation-config", "num-supernodes=3"]
+            cmd += ["--federation-config", f"num-supernodes={len(models)}"]
             total = _flwr_run(cmd, _child_env())
             rows.append(
-                ("simulation, 3 virtual nodes", _round_seconds(dep.base / "runs" / "sim"), total)
+                (
+                    f"simulation, {len(models)} virtual nodes",
+                    _round_seconds(dep.base / "runs" / "sim"),
+                    total,
+                )
             )
     finally:
         left = dep.stop_all()
@@ -175,7 +189,7 @@ def bench_runs(work: Path, parts: list[str]) -> None:
     runs = dep.base / "runs"
     if (runs / "warm").is_dir() and (runs / "sim").is_dir():
         _print_agreement(runs / "warm", runs / "sim")
-    print("\n## quick profile, 3 tiny models, 2 rounds, train.num-threads=1\n")
+    print(f"\n## quick profile, models {', '.join(models)}, 2 rounds, train.num-threads=1\n")
     print("| setting | round 1 s | round 2 s | flwr run total s |")
     print("|---|---|---|---|")
     for label, seconds, total in rows:
@@ -190,6 +204,11 @@ def main() -> None:
         "--models", default="tiny-llama,smollm2-135m", help="models for the load part"
     )
     parser.add_argument("--repeats", type=int, default=2, help="warm loads per model")
+    parser.add_argument(
+        "--run-models",
+        default="tiny-llama,tiny-gpt2,tiny-qwen2",
+        help="one SuperNode (simulation: one virtual node) per model for the deploy/sim parts",
+    )
     parser.add_argument("--work", type=Path, help="work folder (default: a temporary one)")
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -198,7 +217,7 @@ def main() -> None:
         if "load" in parts:
             bench_load(args.models.split(","), work, args.repeats)
         if "deploy" in parts or "sim" in parts:
-            bench_runs(work, parts)
+            bench_runs(work, parts, args.run_models.split(","))
 
 
 if __name__ == "__main__":
