@@ -9,7 +9,9 @@ comparison between them is fair: same data, same trainer, same evaluation.
 from __future__ import annotations
 
 import functools
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -76,13 +78,32 @@ def _setup(context: Context, config: ConfigRecord):
     return cfg, node, client
 
 
-def _restore_adapter(client, msg: Message, context: Context) -> None:
-    # A global adapter sent by the server wins; otherwise this node's own one.
+def adapter_file(cache_dir: Path, context: Context) -> Path:
+    """Where this node keeps its own adapter on disk for this run."""
+    return cache_dir / "_adapters" / f"run-{context.run_id}" / f"node-{context.node_id}.npz"
+
+
+def _save_adapter(state: dict[str, np.ndarray], path: Path) -> None:
+    # A SuperNode keeps context.state in memory only; the file lets a restarted node
+    # go on with its adapter. Write then rename: a crash never leaves half a file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **state)
+    os.replace(tmp, path)
+
+
+def _restore_adapter(client, msg: Message, context: Context, cache_dir: Path) -> None:
+    # A global adapter sent by the server wins; otherwise this node's own one, from
+    # memory, else from disk (after a SuperNode restart), else a fresh one.
     sent = msg.content.get(p.ADAPTER)
+    saved = adapter_file(cache_dir, context)
     if isinstance(sent, ArrayRecord) and len(sent) > 0:
         client.set_adapter({k: v.numpy() for k, v in sent.items()})
     elif STATE_ADAPTER in context.state:
         client.set_adapter({k: v.numpy() for k, v in context.state[STATE_ADAPTER].items()})
+    elif saved.is_file():
+        with np.load(saved) as arrays:
+            client.set_adapter({k: arrays[k] for k in arrays.files})
     else:
         client.set_adapter(None)
 
@@ -119,7 +140,7 @@ def train(msg: Message, context: Context) -> Message:
     if faulty and cfg.fault.mode == "stall":
         time.sleep(cfg.fault.stall_seconds)
     rng = np.random.default_rng([cfg.seed, server_round, node.partition_id])
-    _restore_adapter(client, msg, context)
+    _restore_adapter(client, msg, context, cfg.model.cache_path)
 
     try:
         private = private_pairs(
@@ -135,7 +156,9 @@ def train(msg: Message, context: Context) -> Message:
         seed=cfg.seed + 1000 * server_round + node.partition_id,
         proximal_mu=float(config.get(p.PROXIMAL_MU, 0.0)),
     )
-    context.state[STATE_ADAPTER] = _adapter_record(client.adapter_state())
+    trained = client.adapter_state()
+    context.state[STATE_ADAPTER] = _adapter_record(trained)
+    _save_adapter(trained, adapter_file(cfg.model.cache_path, context))
 
     content = RecordDict({p.INFO: _info(cfg, node)})
     metrics = {
@@ -176,7 +199,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Score the current model (global adapter if sent, else its own) on the test prompts."""
     meter = EnergyMeter.start()
     cfg, node, client = _setup(context, msg.content.get(p.TRAIN_CONFIG, ConfigRecord()))
-    _restore_adapter(client, msg, context)
+    _restore_adapter(client, msg, context, cfg.model.cache_path)
     test = _qa(msg.content.get(p.TEST))
     if not test:
         raise ValueError("evaluate message carries no test prompts")

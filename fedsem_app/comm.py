@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from logging import WARNING
 
 from flwr.app import Message, RecordDict
+from flwr.common.logger import log
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 
@@ -34,6 +36,43 @@ def message_bytes(message: Message) -> int:
 def _kind(message_type: str) -> str:
     # "train", "evaluate", "query.generate" -> the part before the first dot
     return message_type.split(".", 1)[0]
+
+
+def attribute_replies(
+    sent: list[Message], replies: Iterable[Message], timeout: float | None
+) -> list[Message]:
+    """Name the right node in every reply, and log the nodes that never replied.
+
+    When a node vanishes, the SuperLink answers for it with an error reply whose
+    source is the SuperLink; such a reply is rebuilt as a reply from the node the
+    message went to, so the strategy's drop line names that node. Nodes with no
+    reply at all (slower than ``round-timeout``) get one warning line.
+    """
+    replies = list(replies)
+    origins = {m.metadata.message_id: m for m in sent}
+    if "" in origins:  # ids are set when messages are pushed; without them nothing matches
+        return replies
+    out = []
+    for reply in replies:
+        origin = origins.pop(reply.metadata.reply_to_message_id, None)
+        if (
+            origin is not None
+            and reply.has_error()
+            and reply.metadata.src_node_id != origin.metadata.dst_node_id
+        ):
+            reply = Message(error=reply.error, reply_to=origin)
+        out.append(reply)
+    if origins:
+        missing = sorted(m.metadata.dst_node_id for m in origins.values())
+        kind = _kind(next(iter(origins.values())).metadata.message_type)
+        log(
+            WARNING,
+            "%s: no reply from node(s) %s within %s s (round-timeout); left out of this round",
+            kind,
+            ", ".join(map(str, missing)),
+            "no limit" if timeout is None else f"{timeout:g}",
+        )
+    return out
 
 
 class MeteredGrid(Grid):
@@ -92,7 +131,8 @@ class MeteredGrid(Grid):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         sent = self._count(DOWN, messages)
-        return self._count(UP, self._grid.send_and_receive(sent, timeout=timeout))
+        replies = self._count(UP, self._grid.send_and_receive(sent, timeout=timeout))
+        return attribute_replies(sent, replies, timeout)
 
     def snapshot(self) -> dict[str, int]:
         """Byte totals so far as flat keys, e.g. ``bytes-down-train``."""

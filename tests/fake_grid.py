@@ -68,6 +68,8 @@ class FakeGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout=None) -> list[Message]:
         replies = []
         for msg in messages:
+            # As Flower's grids do on push: the message gets its id.
+            msg.metadata.__dict__["_message_id"] = f"m{len(self.sent)}"
             self.sent.append(msg)
             node_id = msg.metadata.dst_node_id
             if node_id in self.offline:

@@ -137,3 +137,32 @@ def test_adversarial_client_sends_its_text_and_zlib_changes_no_consensus(tmp_pat
     ]
     sent = plain_grid._grid.sent[0].content
     assert p.TEXTS in sent[p.PSEUDO] or len(sent[p.PSEUDO][p.IDS]) == 0
+
+
+def test_a_restarted_node_finds_its_adapter_on_disk(tmp_path, cache_dir):
+    from flwr.app import Context, Message, RecordDict
+
+    from fedsem_app.client_app import _restore_adapter, adapter_file
+    from fedsem_app.clients import load_client
+    from fedsem_app.config import LoraConfig
+
+    _, _, grid = run_fedsem(tmp_path, cache_dir, ["tiny-llama", "tiny-gpt2"], rounds=1)
+    ctx = grid._grid.contexts[1]
+    trained = {k: v.numpy() for k, v in ctx.state[STATE_ADAPTER].items()}
+    path = adapter_file(cache_dir, ctx)
+    assert path == cache_dir / "_adapters" / "run-1" / "node-1.npz" and path.is_file()
+    # A restarted SuperNode: same run and node, empty in-memory state.
+    restarted = Context(
+        run_id=1, node_id=1, node_config=ctx.node_config, state=RecordDict(), run_config={}
+    )
+    client = load_client(
+        "tiny-llama", LoraConfig(), device="cpu", cache_dir=cache_dir, template="chat", seed=42
+    )
+    client.set_adapter(None)
+    _restore_adapter(
+        client, Message(RecordDict(), dst_node_id=1, message_type="train"), restarted, cache_dir
+    )
+    restored = client.adapter_state()
+    assert restored.keys() == trained.keys()
+    for key in trained:
+        np.testing.assert_array_equal(restored[key], trained[key])

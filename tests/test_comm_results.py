@@ -71,3 +71,32 @@ def test_run_folders_are_never_reused(tmp_path):
     first = make_run_folder(tmp_path, "same", "fedsem")
     second = make_run_folder(tmp_path, "same", "fedsem")
     assert first != second and second.name == "same-2"
+
+
+def test_silent_and_vanished_nodes_are_named(caplog):
+    from flwr.app import Error
+
+    from fedsem_app.comm import attribute_replies
+
+    def client(msg, ctx):
+        return Message(content=text_record(5), reply_to=msg)
+
+    fake = FakeGrid(client, num_nodes=3, run_config={})
+    fake.offline = {3}  # never answers
+    grid = MeteredGrid(fake)
+    out = [
+        Message(content=text_record(1), dst_node_id=n, message_type="train")
+        for n in grid.get_node_ids()
+    ]
+    replies = list(grid.send_and_receive(out, timeout=30))
+    assert sorted(r.metadata.src_node_id for r in replies) == [1, 2]
+    assert "train: no reply from node(s) 3 within 30 s (round-timeout)" in caplog.text
+
+    # The SuperLink answers for a vanished node 2 with an error from itself (node 0 here).
+    to_node_2 = out[1]
+    from_link = Message(content=text_record(1), dst_node_id=0, message_type="train")
+    from_link.metadata.__dict__["_message_id"] = to_node_2.metadata.message_id
+    error = Message(error=Error(code=2, reason="Node Unavailable"), reply_to=from_link)
+    assert error.metadata.src_node_id == 0
+    fixed = attribute_replies([to_node_2], [error], timeout=30)
+    assert fixed[0].metadata.src_node_id == 2 and fixed[0].error.reason == "Node Unavailable"
