@@ -17,7 +17,7 @@ BIN = $(VENV)/bin
 FLWR_ENV = PATH="$(abspath $(BIN)):$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
 	OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: setup run quick test test-all lint clean
+.PHONY: setup run quick test test-all test-deploy lint clean
 
 setup: $(VENV)/.installed
 
@@ -41,6 +41,10 @@ test: setup
 
 test-all: setup
 	$(FLWR_ENV) $(BIN)/python -m pytest -q -m "slow or not slow"
+
+# Two FedSem rounds on a loopback deployment: TLS, node authentication, three SuperNodes.
+test-deploy: setup
+	$(FLWR_ENV) $(BIN)/python -m pytest -q -m slow tests/test_deploy.py -k two_fedsem_rounds
 
 lint: setup
 	$(BIN)/ruff check .
