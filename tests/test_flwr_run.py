@@ -37,10 +37,16 @@ def write_profile(base: Path, extra: dict, out: Path) -> Path:
 
 
 @pytest.mark.skipif(shutil.which("flwr") is None, reason="flwr CLI not on PATH")
-def test_quick_profile_runs_through_flwr(tmp_path):
+def test_quick_profile_runs_through_flwr_with_a_failing_client(tmp_path):
+    # A fourth node (partition 3, tiny-llama again) raises in every train round.
     profile = write_profile(
         ROOT / "conf" / "quick.toml",
-        {"results-dir": str(tmp_path / "runs"), "run-name": "quick"},
+        {
+            "results-dir": str(tmp_path / "runs"),
+            "run-name": "quick",
+            "fault.mode": "raise",
+            "fault.clients": "3",
+        },
         tmp_path / "quick.toml",
     )
     env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
@@ -54,7 +60,7 @@ def test_quick_profile_runs_through_flwr(tmp_path):
             "--run-config",
             str(profile),
             "--federation-config",
-            "num-supernodes=3",
+            "num-supernodes=4",
         ],
         cwd=ROOT,
         env=env,
@@ -69,7 +75,8 @@ def test_quick_profile_runs_through_flwr(tmp_path):
     rows = json.loads((folder / "metrics.json").read_text())
     assert [r["round"] for r in rows] == [1, 2]
     for row in rows:
-        assert row["train-replies"] == 3 and row["eval-replies"] == 3
+        assert row["train-replies"] == 3 and row["dropped-replies"] == 1
+        assert row["eval-replies"] == 4  # the failing node still evaluates
         assert row["bytes-up-train"] > 0 and row["bytes-down-evaluate"] > 0
         assert 0.0 <= row["rouge-l"] <= 1.0
     # Round 2 carries round 1's pseudo-labels, so it sends more than round 1.
@@ -82,4 +89,6 @@ def test_quick_profile_runs_through_flwr(tmp_path):
     )
     for plot in ("quality.png", "bytes.png"):
         assert (folder / plot).stat().st_size > 1000
-    assert "[round 2/2]" in proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "[round 2/2]" in output
+    assert "partition-id 3: injected fault (fault.mode='raise')" in output
