@@ -21,6 +21,15 @@ DOWN = "down"  # server -> client
 UP = "up"  # client -> server
 
 
+def human_bytes(n: float) -> str:
+    """Bytes with a decimal unit (kB = 1000 B), e.g. ``3.7 MB``."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def record_bytes(content: RecordDict) -> int:
     """Serialised size in bytes of a RecordDict, as it goes over the wire."""
     return recorddict_to_proto(content).ByteSize()

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedsem_app.comm import human_bytes
+
 QUALITY = (("rouge-l", "ROUGE-L"), ("embed-sim", "embedding similarity"))
 
 # Config keys that define the setting; runs compared side by side should agree on them.
@@ -176,19 +178,11 @@ def table_row(run: RunRecord) -> dict[str, Any]:
     return row
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 def _fmt(key: str, value: Any) -> str:
     if value is None:
         return "–"
     if key.startswith("bytes"):
-        return _fmt_bytes(value)
+        return human_bytes(value)
     if key.endswith("seconds") or key.endswith("seconds-per-round"):
         return f"{value:.1f}"
     if isinstance(value, float):

@@ -25,6 +25,8 @@ from typing import Any
 
 from flwr.common.logger import log
 
+from fedsem_app.comm import human_bytes
+
 QUALITY_KEYS = ("rouge-l", "embed-sim")
 # Files that grow by appending during a round; a checkpoint keeps their sizes.
 APPEND_ONLY_LOGS = ("clients.jsonl", "consensus_samples.jsonl")
@@ -55,14 +57,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
 def format_progress(row: Mapping[str, Any], num_rounds: int) -> str:
     """One human line per round: quality, traffic and time."""
     quality = " ".join(
@@ -70,8 +64,8 @@ def format_progress(row: Mapping[str, Any], num_rounds: int) -> str:
     )
     return (
         f"[round {row['round']}/{num_rounds}] {quality or 'no evaluation'} | "
-        f"down {_fmt_bytes(row.get('bytes-down', 0))} up {_fmt_bytes(row.get('bytes-up', 0))} "
-        f"(total {_fmt_bytes(row.get('bytes-cumulative', 0))}) | "
+        f"down {human_bytes(row.get('bytes-down', 0))} up {human_bytes(row.get('bytes-up', 0))} "
+        f"(total {human_bytes(row.get('bytes-cumulative', 0))}) | "
         f"clients {row.get('train-replies', 0)} ok, {row.get('dropped-replies', 0)} dropped | "
         f"{row.get('round-seconds', 0):.1f} s"
     )
