@@ -78,9 +78,10 @@ def _setup(context: Context, config: ConfigRecord):
     return cfg, node, client
 
 
-def adapter_file(cache_dir: Path, context: Context) -> Path:
-    """Where this node keeps its own adapter on disk for this run."""
-    return cache_dir / "_adapters" / f"run-{context.run_id}" / f"node-{context.node_id}.npz"
+def adapter_file(cache_dir: Path, context: Context, model_name: str) -> Path:
+    """Where this node keeps its own adapter of ``model_name`` on disk for this run."""
+    model = model_name.strip("/").replace("/", "--")
+    return cache_dir / "_adapters" / f"run-{context.run_id}" / f"node-{context.node_id}-{model}.npz"
 
 
 def _save_adapter(state: dict[str, np.ndarray], path: Path) -> None:
@@ -96,7 +97,7 @@ def _restore_adapter(client, msg: Message, context: Context, cache_dir: Path) ->
     # A global adapter sent by the server wins; otherwise this node's own one, from
     # memory, else from disk (after a SuperNode restart), else a fresh one.
     sent = msg.content.get(p.ADAPTER)
-    saved = adapter_file(cache_dir, context)
+    saved = adapter_file(cache_dir, context, client.name)
     if isinstance(sent, ArrayRecord) and len(sent) > 0:
         client.set_adapter({k: v.numpy() for k, v in sent.items()})
     elif STATE_ADAPTER in context.state:
@@ -158,7 +159,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     trained = client.adapter_state()
     context.state[STATE_ADAPTER] = _adapter_record(trained)
-    _save_adapter(trained, adapter_file(cfg.model.cache_path, context))
+    _save_adapter(trained, adapter_file(cfg.model.cache_path, context, node.model_name))
 
     content = RecordDict({p.INFO: _info(cfg, node)})
     metrics = {

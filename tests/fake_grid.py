@@ -6,6 +6,7 @@ real transport would reject fails here too.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -18,6 +19,9 @@ def wire_copy(content: RecordDict) -> RecordDict:
     return recorddict_from_proto(recorddict_to_proto(content))
 
 
+_RUN_IDS = itertools.count(1)
+
+
 class FakeGrid(Grid):
     """Nodes 1..N, each with its own Context (partition-id, num-partitions, state)."""
 
@@ -28,7 +32,9 @@ class FakeGrid(Grid):
         run_config: dict,
         node_configs: list[dict] | None = None,
     ) -> None:
-        TaskIdentity.run_id = 1
+        # A new run id per grid, as Flower gives every run its own.
+        self.run_id = next(_RUN_IDS)
+        TaskIdentity.run_id = self.run_id
         TaskIdentity.node_id = 0
         TaskIdentity.task_id = 1
         self.client_app = client_app
@@ -37,7 +43,7 @@ class FakeGrid(Grid):
             node_config = {"partition-id": i, "num-partitions": num_nodes}
             node_config.update((node_configs or [{}] * num_nodes)[i])
             self.contexts[i + 1] = Context(
-                run_id=1,
+                run_id=self.run_id,
                 node_id=i + 1,
                 node_config=node_config,
                 state=RecordDict(),

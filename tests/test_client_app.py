@@ -149,11 +149,12 @@ def test_a_restarted_node_finds_its_adapter_on_disk(tmp_path, cache_dir):
     _, _, grid = run_fedsem(tmp_path, cache_dir, ["tiny-llama", "tiny-gpt2"], rounds=1)
     ctx = grid._grid.contexts[1]
     trained = {k: v.numpy() for k, v in ctx.state[STATE_ADAPTER].items()}
-    path = adapter_file(cache_dir, ctx)
-    assert path == cache_dir / "_adapters" / "run-1" / "node-1.npz" and path.is_file()
+    path = adapter_file(cache_dir, ctx, "tiny-llama")
+    assert path == cache_dir / "_adapters" / f"run-{ctx.run_id}" / "node-1-tiny-llama.npz"
+    assert path.is_file()
     # A restarted SuperNode: same run and node, empty in-memory state.
     restarted = Context(
-        run_id=1, node_id=1, node_config=ctx.node_config, state=RecordDict(), run_config={}
+        run_id=ctx.run_id, node_id=1, node_config=ctx.node_config, state=RecordDict(), run_config={}
     )
     client = load_client(
         "tiny-llama", LoraConfig(), device="cpu", cache_dir=cache_dir, template="chat", seed=42
