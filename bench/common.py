@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedsem_app.comm import human_bytes  # noqa: F401 - the bench scripts take it from here
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,15 +74,6 @@ def markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str
             )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def human_bytes(n: float) -> str:
-    """Bytes with a decimal unit (kB = 1000 B)."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def rss_bytes() -> int:

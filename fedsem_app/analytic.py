@@ -68,6 +68,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fedsem_app.comm import human_bytes
+
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 ALL_LINEAR = ATTENTION + MLP
@@ -320,15 +322,6 @@ def paper_sweep(
 
 
 # --- presentation -----------------------------------------------------------------
-
-
-def human_bytes(n: float) -> str:
-    """Bytes with a decimal unit (kB = 1000 B), e.g. ``3.7 MB``."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000:
-            return f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
