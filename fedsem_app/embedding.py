@@ -67,7 +67,10 @@ def embed(
     """
     model = get_embedder(name, device)
     if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension()), dtype=np.float32)
+        # sentence-transformers renamed the method; keep working with either name.
+        dimension = getattr(model, "get_embedding_dimension", None)
+        dimension = dimension or model.get_sentence_embedding_dimension
+        return np.zeros((0, dimension()), dtype=np.float32)
     vectors = model.encode(
         list(texts),
         batch_size=batch_size,
