@@ -9,9 +9,9 @@ Two payloads:
   (rank 8 on the attention projections, the default), built from the converted
   model in the model cache.
 
-Usage (under the shared CPU lock)::
+Usage (with the CPU to itself)::
 
-    flock /tmp/fedsem-cpu.lock python bench/checkpoint_write.py --repeats 20
+    python bench/checkpoint_write.py --repeats 20
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ the app's client class (:func:`fedsem_app.clients.load_client`, ``client.generat
 * CPU-seconds of each phase; energy is not measured on a CPU (no counter we can
   read; no estimate from assumed watts).
 
-Run (under the CPU lock, from the project root)::
+Run from the project root, with the CPU to itself::
 
-    flock /tmp/fedsem-cpu.lock .venv/bin/python bench/client_throughput.py
+    .venv/bin/python bench/client_throughput.py
     .venv/bin/python bench/client_throughput.py --models tiny-llama --out /tmp/tp
 """
 

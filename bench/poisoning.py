@@ -25,7 +25,7 @@ differs from its 0-poisoned row only by the poisoned clients.
 
 Run from the project root, with the CPU to itself::
 
-    flock /tmp/fedsem-cpu.lock .venv/bin/python bench/poisoning.py
+    .venv/bin/python bench/poisoning.py
     .venv/bin/python bench/poisoning.py --parts text --prompts 16 --out /tmp/poison
 """
 

@@ -26,9 +26,9 @@ grid and consensus are measured for real on random unit embeddings, and embed an
 encode are **extrapolated** from the encoder throughput measured on the largest
 embedded cell. Such rows say ``extrapolated``.
 
-Run (under the CPU lock, from the project root)::
+Run from the project root, with the CPU to itself::
 
-    flock /tmp/fedsem-cpu.lock .venv/bin/python bench/server_scale.py
+    .venv/bin/python bench/server_scale.py
     .venv/bin/python bench/server_scale.py --clients 2,8 --prompts 64,512 --out /tmp/scale
 """
 
