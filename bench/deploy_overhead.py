@@ -141,19 +141,7 @@ def bench_runs(work: Path, parts: list[str], models: list[str]) -> None:
     rows = []
     try:
         if "deploy" in parts:
-            dep.script("make-certs.sh", "-o", str(dep.certs), "localhost", "127.0.0.1")
-            dep.script("make-node-keys.sh", "-o", str(dep.keys), *nodes)
-            dep.start_superlink()
-            dep.script(
-                "add-connection.sh",
-                CONNECTION,
-                f"127.0.0.1:{dep.port}",
-                "--root-certificates",
-                str(dep.certs / "ca.crt"),
-            )
-            dep.script(
-                "register-nodes.sh", CONNECTION, *(str(dep.keys / f"{n}.pub") for n in nodes)
-            )
+            dep.start_authenticated(nodes, nodes)
             for i, (name, model) in enumerate(zip(nodes, models, strict=True)):
                 dep.start_supernode(
                     name,

@@ -103,6 +103,22 @@ class Deployment:
                 self.ports.append(self.port)
         assert proc.returncode == 0, f"start-superlink.sh failed:\n{proc.stdout}\n{proc.stderr}"
 
+    def start_authenticated(self, keys: list[str], registered: list[str]) -> None:
+        """TLS certificates, node keys, the SuperLink, the connection, node registration."""
+        self.script("make-certs.sh", "-o", str(self.certs), "localhost", "127.0.0.1")
+        self.script("make-node-keys.sh", "-o", str(self.keys), *keys)
+        self.start_superlink()
+        self.script(
+            "add-connection.sh",
+            CONNECTION,
+            f"127.0.0.1:{self.port}",
+            "--root-certificates",
+            str(self.certs / "ca.crt"),
+        )
+        self.script(
+            "register-nodes.sh", CONNECTION, *(str(self.keys / f"{n}.pub") for n in registered)
+        )
+
     def start_supernode(self, name: str, key: str, *node_args: str, check: bool = True):
         """Start a SuperNode with key ``key`` on a free local port; return the script's result."""
         for _ in range(PORT_ATTEMPTS):
@@ -192,22 +208,8 @@ def deployment(tmp_path_factory):
     dep = Deployment(tmp_path_factory.mktemp("deploy"))
     left: list[str] = []
     try:
-        dep.script("make-certs.sh", "-o", str(dep.certs), "localhost", "127.0.0.1")
-        dep.script("make-node-keys.sh", "-o", str(dep.keys), *NODES, *BAD_NODES, "intruder")
-        dep.start_superlink()
-        dep.script(
-            "add-connection.sh",
-            CONNECTION,
-            f"127.0.0.1:{dep.port}",
-            "--root-certificates",
-            str(dep.certs / "ca.crt"),
-        )
         # The intruder's key is made but never registered.
-        dep.script(
-            "register-nodes.sh",
-            CONNECTION,
-            *(str(dep.keys / f"{name}.pub") for name in (*NODES, *BAD_NODES)),
-        )
+        dep.start_authenticated([*NODES, *BAD_NODES, "intruder"], [*NODES, *BAD_NODES])
         yield dep
     finally:
         left = dep.stop_all()
