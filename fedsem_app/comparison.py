@@ -338,3 +338,208 @@ def write_comparison(
     plot_quality_vs_round(runs, out / "quality_vs_round.png")
     plot_quality_vs_bytes(runs, out / "quality_vs_bytes.png")
     return rows
+
+
+# --- several seeds per strategy (fedsem-compare --seeds, bench/study.py) --------------
+
+# Quality metrics with the direction in which they improve.
+GAIN_SIGN = {"rouge-l": 1.0, "embed-sim": 1.0, "nll": -1.0}
+TARGET_SHARE = 0.9  # cost to target: 90 % of the reference's final gain over round 0
+
+
+def gain_per_round(rows: Sequence[Mapping[str, Any]], key: str) -> dict[int, float]:
+    """Improvement of ``key`` over round 0 after every round (positive = better).
+
+    NLL improves downwards, so its gain is ``round-0 NLL - NLL``. Empty without a
+    round-0 row.
+    """
+    base = next((r[key] for r in rows if r.get("round") == 0 and _finite(r.get(key))), None)
+    if base is None:
+        return {}
+    sign = GAIN_SIGN[key]
+    return {
+        int(r["round"]): sign * (float(r[key]) - base)
+        for r in rows
+        if r.get("round", 0) > 0 and _finite(r.get(key))
+    }
+
+
+def _spread(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None for fewer than two values)."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def first_reaching(rows: Sequence[Mapping[str, Any]], key: str, target: float) -> dict | None:
+    """Cumulative bytes and seconds at the first round whose gain reaches ``target``."""
+    gains = gain_per_round(rows, key)
+    for r in rows:
+        rnd = r.get("round", 0)
+        if rnd in gains and gains[rnd] >= target:
+            return {
+                "round": rnd,
+                "bytes": r.get("bytes-cumulative"),
+                "seconds": r.get("elapsed-seconds"),
+            }
+    return None
+
+
+def study_rows(
+    runs: Sequence[RunRecord], reference: str = "pooled", key: str = "nll"
+) -> list[dict[str, Any]]:
+    """One row per label over its seeds: final quality and gain (mean, std), cost, time.
+
+    Parameters
+    ----------
+    runs
+        Finished and failed runs; several per label (one per seed).
+    reference
+        The label whose mean final gain defines the cost-to-target threshold.
+    key
+        The metric the cost to target is measured on.
+    """
+    by_label: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        by_label.setdefault(run.label, []).append(run)
+    ok = {label: [r for r in group if r.ok and r.rows] for label, group in by_label.items()}
+    ref_gains = [
+        max(gain_per_round(r.rows, key).items())[1]
+        for r in ok.get(reference, [])
+        if gain_per_round(r.rows, key)
+    ]
+    ref_gain, _ = _spread(ref_gains)
+    target = TARGET_SHARE * ref_gain if ref_gain is not None and ref_gain > 0 else None
+    table = []
+    for label, group in by_label.items():
+        done = ok[label]
+        row: dict[str, Any] = {"label": label, "seeds": len(done), "failed": len(group) - len(done)}
+        for metric in GAIN_SIGN:
+            finals = [float(r.rows[-1][metric]) for r in done if _finite(r.rows[-1].get(metric))]
+            gains = [max(g.items())[1] for r in done if (g := gain_per_round(r.rows, metric))]
+            row[f"{metric}-final"], row[f"{metric}-final-std"] = _spread(finals)
+            row[f"{metric}-gain"], row[f"{metric}-gain-std"] = _spread(gains)
+            lows = [r.rows[-1].get(f"{metric}-low") for r in done]
+            highs = [r.rows[-1].get(f"{metric}-high") for r in done]
+            if lows and all(_finite(v) for v in lows + highs):
+                row[f"{metric}-ci-halfwidth"] = sum(
+                    h - lo for lo, h in zip(lows, highs, strict=True)
+                ) / (2 * len(lows))
+        trained = [[x for x in r.rows if x.get("round", 0) > 0] for r in done]
+        per_round = [r[-1]["bytes-cumulative"] / len(r) for r in trained if r]
+        row["bytes-per-round"] = _spread(per_round)[0]
+        seconds = [r[-1]["elapsed-seconds"] / len(r) for r in trained if r]
+        row["seconds-per-round"] = _spread(seconds)[0]
+        if target is not None:
+            hits = [first_reaching(r.rows, key, target) for r in done]
+            reached = [h for h in hits if h]
+            row["target-reached"] = f"{len(reached)}/{len(done)}"
+            if reached:
+                row["bytes-to-target"] = _spread([h["bytes"] for h in reached])[0]
+                row["seconds-to-target"] = _spread([h["seconds"] for h in reached])[0]
+        table.append(row)
+    return table
+
+
+def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def study_markdown(table: Sequence[Mapping[str, Any]], notes: Mapping[str, str]) -> str:
+    """The study table as Markdown: mean ± standard deviation over seeds."""
+    metrics = [m for m in GAIN_SIGN if any(r.get(f"{m}-final") is not None for r in table)]
+    head = ["variant", "seeds"]
+    for m in metrics:
+        head += [f"{m} final", f"{m} gain over round 0"]
+    head += [
+        "bytes / round",
+        "s / round",
+        "reached 90 % of pooled's gain",
+        "bytes to target",
+        "s to target",
+    ]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in table:
+        cells = [r["label"], str(r["seeds"]) + (f" ({r['failed']} failed)" if r["failed"] else "")]
+        for m in metrics:
+            cells += [
+                _pm(r.get(f"{m}-final"), r.get(f"{m}-final-std")),
+                _pm(r.get(f"{m}-gain"), r.get(f"{m}-gain-std")),
+            ]
+        cells += [
+            human_bytes(r["bytes-per-round"]) if r.get("bytes-per-round") is not None else "n/a",
+            f"{r['seconds-per-round']:.0f}" if r.get("seconds-per-round") is not None else "n/a",
+            r.get("target-reached", "n/a"),
+            human_bytes(r["bytes-to-target"]) if r.get("bytes-to-target") is not None else "-",
+            f"{r['seconds-to-target']:.0f}" if r.get("seconds-to-target") is not None else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    meta = "".join(f"- {k}: {v}\n" for k, v in notes.items())
+    return meta + "\n" + "\n".join(lines) + "\n"
+
+
+def plot_seeds(runs: Sequence[RunRecord], path: Path, metrics: Sequence[str] = ("nll",)) -> None:
+    """Mean per round over seeds with a band of ± one standard deviation, per label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in metrics if any(_values(r.rows, m) for r in runs)]
+    if not metrics:
+        return
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    labels = list(dict.fromkeys(r.label for r in runs))
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for label in labels:
+            per_round: dict[int, list[float]] = {}
+            for run in runs:
+                if run.label == label and run.ok:
+                    for row in run.rows:
+                        if _finite(row.get(metric)):
+                            per_round.setdefault(int(row["round"]), []).append(float(row[metric]))
+            if not per_round:
+                continue
+            xs = sorted(per_round)
+            stats = [_spread(per_round[x]) for x in xs]
+            mean = [m for m, _ in stats]
+            std = [s or 0.0 for _, s in stats]
+            (line,) = ax.plot(xs, mean, marker="o", label=label)
+            ax.fill_between(
+                xs,
+                [m - s for m, s in zip(mean, std, strict=True)],
+                [m + s for m, s in zip(mean, std, strict=True)],
+                color=line.get_color(),
+                alpha=0.15,
+            )
+        ax.set_xlabel("round (0 = before training)")
+        ax.set_ylabel(metric + (" (lower is better)" if metric == "nll" else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("mean over seeds, band: ± 1 std")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_study(runs: Sequence[RunRecord], out: Path, notes: Mapping[str, str]) -> list[dict]:
+    """Write ``study.md``, ``study.csv`` and ``study_quality.png`` for runs over seeds."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = study_rows(runs)
+    (out / "study.md").write_text(study_markdown(table, notes))
+    keys = list(dict.fromkeys(k for row in table for k in row))
+    with open(out / "study.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(table)
+    plot_seeds(runs, out / "study_quality.png", ("nll", "rouge-l", "embed-sim"))
+    return table

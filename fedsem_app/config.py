@@ -111,7 +111,7 @@ class TrainConfig:
 class GenerationConfig:
     """Greedy batched generation settings for public and test prompts."""
 
-    max_new_tokens: int = 32
+    max_new_tokens: int = 48
     batch_size: int = 16
 
     def __post_init__(self) -> None:
@@ -168,9 +168,19 @@ class FedSemConfig:
     embedder: str = "all-MiniLM-L6-v2"
     max_answer_chars: int = 2000
     wire_compression: str = "none"
+    # Keep the latest consensus of every public prompt answered so far and train on
+    # all of them (FedCT labels the whole public set every round); False: last round's.
+    label_memory: bool = False
+    # Share of each training batch drawn from the pseudo-labels; 0 draws uniformly
+    # from private + pseudo-labelled pairs together.
+    pseudo_share: float = 0.0
+    # Whether answers cut at gen.max-new-tokens take part in the vote (unfinished
+    # pseudo-labels are always trained on without EOS).
+    vote_unfinished: bool = True
 
     def __post_init__(self) -> None:
         _check(self.prompts_per_round > 0, "fedsem.prompts-per-round", "must be positive")
+        _check(0 <= self.pseudo_share <= 1, "fedsem.pseudo-share", "must be in [0, 1]")
         _check_choice(self.wire_compression, WIRE_CODECS, "fedsem.wire-compression")
         _check_choice(self.consensus, CONSENSUS_RULES, "fedsem.consensus")
         _check(-1 <= self.min_agreement <= 1, "fedsem.min-agreement", "must be in [-1, 1]")
@@ -271,12 +281,20 @@ class FaultConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Held-out evaluation budget."""
+    """Held-out evaluation budget.
+
+    ``num_prompts`` 0 evaluates every held-out test prompt (the default, 16, keeps
+    the demo run short; a study should use 0). ``generate`` False
+    scores only the reference answers' NLL (one forward pass, no generation), so
+    ROUGE-L and embed-sim are not measured: for budgets where generating answers
+    to every test prompt every round costs more than the training.
+    """
 
     num_prompts: int = 16
+    generate: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.num_prompts > 0, "eval.num-prompts", "must be positive")
+        _check(self.num_prompts >= 0, "eval.num-prompts", "must be >= 0 (0 = all test prompts)")
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,20 @@ Conventions shared by every rule:
 * Cosine similarity on L2-normalised embeddings (normalised again here, in
   float64 on the CPU: the tensors are small, and float64 keeps exact ties exact).
   Rows with non-finite values are treated as invalid answers.
-* Ties go to the lowest answer index. Scores within ``TIE_TOLERANCE`` of the best
-  count as tied, so rounding noise (e.g. ``centroid`` on two answers) cannot
-  decide the choice.
+* Ties are not broken by node order (which would make client 0 the teacher
+  whenever scores tie). Scores within ``TIE_TOLERANCE`` of the best count as
+  tied, so rounding noise cannot decide; among tied answers the one with the
+  highest confidence (mean token log-prob) wins, then the one with the highest
+  stable text key (:func:`text_key`, a hash of the answer text), and only
+  answers with equal text and confidence fall back to the lowest index (they
+  give the same pseudo-label). The choice is therefore invariant to permuting
+  the clients.
+* With two valid answers ``medoid``, ``centroid`` and ``confidence``'s agreement
+  term cannot tell them apart (each answer's cosine to "the other" is the same
+  number): ``medoid``/``centroid`` then pick the more confident answer,
+  ``confidence`` blends agreement with confidence, and ``cluster`` keeps the
+  pair's tie-break too. Agreement then measures only whether a pseudo-label is
+  given at all (``min_agreement``).
 * ``agreement`` is the same measure for every rule, so rules are comparable: the
   mean cosine of the chosen answer to the *other* valid answers of its prompt.
   A lone valid answer has agreement 1.0 (it is trivially unanimous; use
@@ -24,6 +35,7 @@ Conventions shared by every rule:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,6 +86,9 @@ class ConsensusInputs:
         ``(P, K)`` mean token log-probabilities, or None when not given.
     cluster_threshold, confidence_weight
         Options of the ``cluster`` and ``confidence`` rules.
+    tie_keys
+        ``(P, K)`` tensors that break ties between equal scores, most important
+        first (confidences, then text keys, where given); see :func:`choose`.
 
     """
 
@@ -83,6 +98,7 @@ class ConsensusInputs:
     confidences: torch.Tensor | None
     cluster_threshold: float
     confidence_weight: float
+    tie_keys: tuple[torch.Tensor, ...] = ()
 
 
 # A rule maps the inputs to (P, K) scores; the answer with the highest score wins.
@@ -118,13 +134,20 @@ def register_consensus(name: str) -> Callable[[ConsensusRule], ConsensusRule]:
 TIE_TOLERANCE = 1e-9
 
 
-def first_max(scores: torch.Tensor) -> torch.Tensor:
-    """Index of the best score per row, ties (within ``TIE_TOLERANCE``) to the lowest index.
+def choose(scores: torch.Tensor, tie_keys: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+    """Index of the best score per row, ties broken by ``tie_keys`` in turn.
+
+    Scores within ``TIE_TOLERANCE`` of the row's best are tied. Among them the
+    highest first tie key wins (again within the tolerance), then the highest
+    second key, and so on; only what is still tied after every key goes to the
+    lowest index. NaN keys count as ``-inf``.
 
     Parameters
     ----------
     scores
         ``(P, K)`` scores; ``-inf`` marks answers that cannot be chosen.
+    tie_keys
+        ``(P, K)`` tensors, most important first.
 
     Returns
     -------
@@ -132,9 +155,22 @@ def first_max(scores: torch.Tensor) -> torch.Tensor:
         ``(P,)`` int64 indices (0 for a row that is all ``-inf``).
 
     """
-    best = scores >= scores.max(-1, keepdim=True).values - TIE_TOLERANCE
+    tied = scores >= scores.max(-1, keepdim=True).values - TIE_TOLERANCE
+    for key in tie_keys:
+        key = torch.nan_to_num(key.to(torch.float64), nan=-torch.inf)
+        masked = torch.where(tied, key, -torch.inf)
+        tied = tied & (masked >= masked.max(-1, keepdim=True).values - TIE_TOLERANCE)
     # argmax over bools returns the first True.
-    return best.to(torch.uint8).argmax(-1)
+    return tied.to(torch.uint8).argmax(-1)
+
+
+def text_key(text: str) -> float:
+    """A stable pseudo-random number in ``[0, 1)`` for an answer text (sha256).
+
+    It breaks ties between answers that score alike without favouring any client:
+    the same text gets the same key on every run, machine and node order.
+    """
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:13], 16) / 16**13
 
 
 def _normalise(embeddings: torch.Tensor) -> torch.Tensor:
@@ -235,8 +271,8 @@ def cluster(inputs: ConsensusInputs) -> torch.Tensor:
     1. Two valid answers are neighbours when their cosine is ``>= cluster_threshold``;
        an answer's neighbourhood includes itself.
     2. The anchor is the answer with the most neighbours; among equally large
-       neighbourhoods, the one with the highest ``medoid`` score, then the lowest index
-       (rather than always the lowest index, which would favour client 0).
+       neighbourhoods, the one with the highest ``medoid`` score, then the
+       general tie-break (confidence, text key; never node order alone).
     3. Within the anchor's neighbourhood (not necessarily a clique: neighbours of
        the anchor need not be neighbours of each other), the answer with the highest
        mean cosine to the other members wins.
@@ -264,7 +300,7 @@ def cluster(inputs: ConsensusInputs) -> torch.Tensor:
     size = linked.sum(-1)  # (P, K), invalid answers have 0
     largest = valid & (size == size.max(-1, keepdim=True).values)
     centrality = mean_similarity_to_others(inputs.similarity, valid)
-    anchor = first_max(torch.where(largest, centrality, -torch.inf))  # (P,)
+    anchor = choose(torch.where(largest, centrality, -torch.inf), inputs.tie_keys)  # (P,)
     members = linked[torch.arange(len(anchor)), anchor]  # (P, K) the anchor's row
     within = mean_similarity_to_others(inputs.similarity, members)
     return torch.where(members, within, -torch.inf)
@@ -310,6 +346,7 @@ def consensus(
     min_agreement: float = -1.0,
     cluster_threshold: float = 0.7,
     confidence_weight: float = 0.5,
+    text_keys: torch.Tensor | np.ndarray | None = None,
 ) -> ConsensusResult:
     """Pick one answer per prompt by the named rule.
 
@@ -332,6 +369,10 @@ def consensus(
         Cosine at or above which two answers are neighbours (``cluster``).
     confidence_weight
         Weight ``w`` of the confidence term in ``[0, 1]`` (``confidence``).
+    text_keys
+        ``(P, K)`` stable keys of the answer texts (:func:`text_key`): the second
+        tie-break after confidences. Without them (and without confidences) ties
+        go to the lowest index.
 
     Returns
     -------
@@ -349,20 +390,16 @@ def consensus(
         raise ValueError(f"unknown consensus rule {rule!r}; known: {sorted(CONSENSUS_RULES)}")
     if not 0.0 <= confidence_weight <= 1.0:
         raise ValueError(f"confidence_weight must be in [0, 1], got {confidence_weight}")
-    raw = torch.as_tensor(embeddings).detach().to("cpu", torch.float64)
-    valid = torch.as_tensor(mask).detach().to("cpu", torch.bool)
+    raw = _tensor(embeddings, torch.float64)
+    valid = _tensor(mask, torch.bool)
     if raw.ndim != 3 or valid.shape != raw.shape[:2]:
         raise ValueError(
             f"expected embeddings (P, K, D) and mask (P, K), got {tuple(raw.shape)} "
             f"and {tuple(valid.shape)}"
         )
-    conf = None
-    if confidences is not None:
-        conf = torch.as_tensor(confidences).detach().to("cpu", torch.float64)
-        if conf.shape != valid.shape:
-            raise ValueError(
-                f"confidences must have shape {tuple(valid.shape)}, got {tuple(conf.shape)}"
-            )
+    conf = _per_answer(confidences, valid.shape, "confidences")
+    keys = _per_answer(text_keys, valid.shape, "text_keys")
+    tie_keys = tuple(k for k in (conf, keys) if k is not None)
 
     valid = valid & torch.isfinite(raw).all(-1)
     num_valid = valid.sum(-1)
@@ -377,10 +414,12 @@ def consensus(
 
     unit = _normalise(torch.where(valid[..., None], raw, 0.0))
     similarity = torch.bmm(unit, unit.transpose(1, 2)).clamp(-1.0, 1.0)
-    inputs = ConsensusInputs(unit, similarity, valid, conf, cluster_threshold, confidence_weight)
+    inputs = ConsensusInputs(
+        unit, similarity, valid, conf, cluster_threshold, confidence_weight, tie_keys
+    )
     scores = torch.where(valid, CONSENSUS_RULES[rule](inputs), -torch.inf)
 
-    index = first_max(scores)
+    index = choose(scores, tie_keys)
     agreement = mean_similarity_to_others(similarity, valid).gather(-1, index[:, None])[:, 0]
     has_valid = num_valid > 0
     agreement = torch.where(has_valid, agreement, 0.0)
@@ -391,3 +430,19 @@ def consensus(
         abstained=abstained.numpy(),
         num_valid=num_valid.numpy(),
     )
+
+
+def _per_answer(values, shape: torch.Size, name: str) -> torch.Tensor | None:
+    if values is None:
+        return None
+    tensor = _tensor(values, torch.float64)
+    if tensor.shape != shape:
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+    return tensor
+
+
+def _tensor(values, dtype: torch.dtype) -> torch.Tensor:
+    # np.ascontiguousarray: torch cannot wrap arrays with negative strides (a[:, ::-1]).
+    if isinstance(values, np.ndarray):
+        values = np.ascontiguousarray(values)
+    return torch.as_tensor(values).detach().to("cpu", dtype)

@@ -11,10 +11,10 @@ sent, and return its adapter if :data:`RETURN_ADAPTER` is set.
 # --- record names in a RecordDict ----------------------------------------------
 TRAIN_CONFIG = "config"  # ConfigRecord: round and switches
 PUBLIC = "public"  # ConfigRecord: IDS (list[int]) and TEXTS (list[str]) to answer
-PSEUDO = "pseudo"  # ConfigRecord: IDS, PROMPTS, TEXTS of last round's consensus
+PSEUDO = "pseudo"  # ConfigRecord: IDS, PROMPTS, TEXTS, FINISHED of the consensus labels
 TEST = "test"  # ConfigRecord: IDS, PROMPTS, TEXTS (reference answers) to evaluate on
 ADAPTER = "adapter"  # ArrayRecord: LoRA adapter weights (parameter strategies)
-ANSWERS = "answers"  # ConfigRecord reply: IDS, TEXTS, CONFIDENCES
+ANSWERS = "answers"  # ConfigRecord reply: IDS, TEXTS, CONFIDENCES, FINISHED
 METRICS = "metrics"  # MetricRecord reply: numbers (see METRIC_* below)
 INFO = "info"  # ConfigRecord reply: MODEL_NAME and other strings
 
@@ -24,10 +24,12 @@ RETURN_ADAPTER = "return-adapter"
 PROXIMAL_MU = "proximal-mu"  # FedProx's term weight (Flower's FedProx uses this key too)
 TRAIN_ON_ALL_PARTITIONS = "train-on-all-partitions"
 TEMPLATE = "template"  # prompt template the client must use (overrides model.template)
+LOCAL_STEPS = "local-steps"  # optimizer steps this round (overrides train.local-steps)
 IDS = "ids"
 PROMPTS = "prompts"
 TEXTS = "texts"
 CONFIDENCES = "confidences"
+FINISHED = "finished"  # list[bool]: the answer ended with EOS, not at the length cap
 MODEL_NAME = "model-name"
 NODE_ERROR = "error"
 
@@ -41,6 +43,10 @@ EMBED_SIM = "embed-sim"
 NLL = "nll"
 PERPLEXITY = "perplexity"
 EVAL_SECONDS = "eval-seconds"
+# Per-prompt evaluation scores (lists, prompt order), for intervals over prompts.
+PER_PROMPT = {ROUGE_L: "rouge-l-per-prompt", EMBED_SIM: "embed-sim-per-prompt"}
+NLL_SUMS = "nll-sum-per-prompt"  # summed token NLL of each reference answer
+NLL_TOKENS = "nll-tokens-per-prompt"  # its token count (NLL is a ratio of the two sums)
 CPU_SECONDS = "cpu-seconds"  # process CPU time of the handler (fedsem_app.energy)
 GPU_JOULES = "gpu-joules"  # NVML energy of the handler; sent only where measured
 

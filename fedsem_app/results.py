@@ -6,8 +6,11 @@ Layout of ``<results root>/<run name>/``::
     metrics.json / .csv      one row per round: quality, bytes, seconds, drops
     clients.jsonl            per-client metrics of every round and phase
     consensus_samples.jsonl  sampled prompts with every client's answer and the choice
-    quality.png, bytes.png   plots, refreshed each round
-    summary.json             final row plus totals, written when the run ends
+    quality.png, bytes.png   plots, refreshed each round (pick_share.png for fedsem)
+    summary.json             final row, gain over round 0, totals, written when the run ends
+
+Round 0 is the evaluation of the untrained models, before any training: every
+gain is measured from it.
 """
 
 from __future__ import annotations
@@ -195,10 +198,27 @@ class RunLog:
 
     def finish(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Write ``summary.json`` (last row, best quality, totals) and return it."""
-        summary: dict[str, Any] = {"rounds": len(self.rows), **(extra or {})}
+        trained = [r for r in self.rows if r["round"] > 0]
+        summary: dict[str, Any] = {"rounds": len(trained), **(extra or {})}
         if self.rows:
             last = self.rows[-1]
             summary["final"] = {k: last[k] for k in ("rouge-l", "embed-sim", "nll") if k in last}
+            summary["final-interval"] = {
+                k: [last[f"{k}-low"], last[f"{k}-high"]]
+                for k in ("rouge-l", "embed-sim", "nll")
+                if f"{k}-low" in last and f"{k}-high" in last
+            }
+            start = next((r for r in self.rows if r["round"] == 0), None)
+            if start is not None and trained:
+                # Positive = better: NLL improves downwards.
+                summary["gain-over-round-0"] = {
+                    k: (start[k] - last[k]) if k == "nll" else (last[k] - start[k])
+                    for k in ("rouge-l", "embed-sim", "nll")
+                    if _finite(start.get(k)) and _finite(last.get(k))
+                }
+            shares = pick_share_totals(self.rows)
+            if shares:
+                summary["pick-share"] = shares
             for key in QUALITY_KEYS:
                 values = [r[key] for r in self.rows if _finite(r.get(key))]
                 if values:
@@ -207,6 +227,24 @@ class RunLog:
             summary["seconds-total"] = last.get("elapsed-seconds", 0)
         write_json(self.folder / "summary.json", summary)
         return summary
+
+
+def pick_share_totals(rows: list[Mapping[str, Any]]) -> dict[str, float]:
+    """Share of all pseudo-labels of the run that each model's answers won.
+
+    Each round's ``pick-share-<model>`` is weighted by that round's number of new
+    labels (prompts that were not abstained).
+    """
+    totals: dict[str, float] = {}
+    weight = 0.0
+    for row in rows:
+        n = row.get("prompts-labelled", 0)
+        weight += n
+        for key, value in row.items():
+            if key.startswith("pick-share-"):
+                model = key.removeprefix("pick-share-")
+                totals[model] = totals.get(model, 0.0) + n * value
+    return {m: v / weight for m, v in sorted(totals.items())} if weight else {}
 
 
 def _column_order(key: str) -> tuple[int, str]:
@@ -233,18 +271,30 @@ def plot_run(rows: list[Mapping[str, Any]], folder: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     rounds = [r["round"] for r in rows]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for key in QUALITY_KEYS:
-        points = [(r["round"], r[key]) for r in rows if _finite(r.get(key))]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=key)
-    ax.set_xlabel("round")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig, (ax, ax_nll) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for axis, keys in ((ax, QUALITY_KEYS), (ax_nll, ("nll",))):
+        for key in keys:
+            points = [(r["round"], r[key]) for r in rows if _finite(r.get(key))]
+            if not points:
+                continue
+            (line,) = axis.plot(*zip(*points, strict=True), marker="o", label=key)
+            band = [
+                (r["round"], r[f"{key}-low"], r[f"{key}-high"])
+                for r in rows
+                if _finite(r.get(f"{key}-low")) and _finite(r.get(f"{key}-high"))
+            ]
+            if band:
+                xs, lows, highs = zip(*band, strict=True)
+                axis.fill_between(xs, lows, highs, color=line.get_color(), alpha=0.15)
+        axis.set_xlabel("round (0 = before training)")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend()
     ax.set_ylabel("score (test prompts)")
-    ax.set_title("Quality per round")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend()
+    ax.set_title("Quality per round (band: 95 % interval)")
+    ax_nll.set_ylabel("reference NLL (lower is better)")
+    ax_nll.set_title("Reference NLL")
     fig.tight_layout()
     fig.savefig(folder / "quality.png", dpi=120)
     plt.close(fig)
@@ -266,3 +316,30 @@ def plot_run(rows: list[Mapping[str, Any]], folder: Path) -> None:
     fig.tight_layout()
     fig.savefig(folder / "bytes.png", dpi=120)
     plt.close(fig)
+
+    share_rows = [r for r in rows if any(k.startswith("pick-share-") for k in r)]
+    if share_rows:
+        models = sorted(
+            {
+                k.removeprefix("pick-share-")
+                for r in share_rows
+                for k in r
+                if k.startswith("pick-share-")
+            }
+        )
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        bottom = [0.0] * len(share_rows)
+        xs = [r["round"] for r in share_rows]
+        for model in models:
+            values = [r.get(f"pick-share-{model}", 0.0) for r in share_rows]
+            ax.bar(xs, values, bottom=bottom, label=model)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("share of the round's pseudo-labels")
+        ax.set_ylim(0, 1)
+        ax.set_title("Whose answer became the label")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / "pick_share.png", dpi=120)
+        plt.close(fig)

@@ -30,6 +30,9 @@ class ValidAnswers:
         One mean token log-prob per prompt (0.0 where unusable).
     valid
         Boolean mask: which prompts this client may vote on.
+    finished
+        Boolean mask: which answers ended with EOS (all True if the client sent no
+        flags).
     problems
         Reasons for each prompt-level exclusion (for the log).
     """
@@ -37,7 +40,12 @@ class ValidAnswers:
     texts: list[str]
     confidences: np.ndarray
     valid: np.ndarray
+    finished: np.ndarray | None = None
     problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.finished is None:
+            self.finished = np.ones(len(self.texts), dtype=bool)
 
 
 def reply_error(message: Message) -> str | None:
@@ -103,6 +111,13 @@ def check_answers(
         or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in confs)
     ):
         return None, f"'{p.CONFIDENCES}' must be one number per text"
+    flags = record.get(p.FINISHED, [True] * len(texts))
+    if (
+        not isinstance(flags, list)
+        or len(flags) != len(texts)
+        or not all(isinstance(f, bool) for f in flags)
+    ):
+        return None, f"'{p.FINISHED}' must be one true/false per text"
 
     valid = np.ones(len(texts), dtype=bool)
     problems = []
@@ -121,4 +136,4 @@ def check_answers(
             problems.append(f"prompt {expected_ids[i]}: {reason}")
     conf_arr = np.array([c if math.isfinite(c) else 0.0 for c in confs], dtype=np.float32)
     conf_arr[~valid] = 0.0
-    return ValidAnswers(clean, conf_arr, valid, problems), None
+    return ValidAnswers(clean, conf_arr, valid, np.array(flags, dtype=bool), problems), None

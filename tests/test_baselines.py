@@ -77,7 +77,10 @@ def run(tmp_path, strategy, replies, initial=None, num_nodes=None, **overrides):
     result = instance.start(
         grid=grid, initial_arrays=initial or ArrayRecord(), num_rounds=cfg.num_server_rounds
     )
-    return result, run_log.rows, inbox
+    # Round 0 (evaluation before training) is checked in its own test; these check rounds 1+.
+    assert run_log.rows[0]["round"] == 0
+    trained = [m for m in inbox if m[2][p.TRAIN_CONFIG].get(p.ROUND) != 0]
+    return result, run_log.rows[1:], trained
 
 
 def sent(inbox, kind):
@@ -263,6 +266,8 @@ def test_pooled_trains_and_evaluates_one_node_on_all_partitions(tmp_path):
     ]
     for _, content in sent(inbox, p.TRAIN):
         assert content[p.TRAIN_CONFIG][p.TRAIN_ON_ALL_PARTITIONS] is True
+        # The federation's compute: 3 connected nodes x train.local-steps (4) = 12 steps.
+        assert content[p.TRAIN_CONFIG][p.LOCAL_STEPS] == 12
         assert set(content) == {p.TRAIN_CONFIG}
     assert [r["train-replies"] for r in rows] == [1, 1]
     assert [r["eval-replies"] for r in rows] == [1, 1]

@@ -44,7 +44,7 @@ class SimulatedCrash(Exception):
 
 
 class CrashingGrid(FakeGrid):
-    """Raises on the n-th send_and_receive (2 per round: train, then evaluate)."""
+    """Raises on the n-th send_and_receive (round 0 evaluates; then train, evaluate a round)."""
 
     def __init__(self, *args, crash_on_call=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -62,7 +62,7 @@ class CrashingGrid(FakeGrid):
         return super().send_and_receive(messages, timeout=timeout)
 
 
-ROUND_3_EVALUATE = 6  # r1 train, r1 eval, r2 train, r2 eval, r3 train, r3 eval
+ROUND_3_EVALUATE = 7  # r0 eval, r1 train, r1 eval, r2 train, r2 eval, r3 train, r3 eval
 
 
 def run_main(client_app, num_nodes, run_config, crash_on_call=None):
@@ -111,11 +111,11 @@ def assert_same_run(resumed, through):
     assert layout(resumed) == layout(through)
     rows = json.loads((resumed / "metrics.json").read_text())
     expected = json.loads((through / "metrics.json").read_text())
-    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
     # Same messages, same replies: every quality and byte column is equal, round by round,
     # and the cumulative bytes of rounds 3-4 go on from round 2's.
     assert without_seconds(rows) == without_seconds(expected)
-    assert rows[3]["bytes-cumulative"] == sum(r["bytes-down"] + r["bytes-up"] for r in rows)
+    assert rows[-1]["bytes-cumulative"] == sum(r["bytes-down"] + r["bytes-up"] for r in rows)
     elapsed = [r["elapsed-seconds"] for r in rows]
     assert elapsed == sorted(elapsed)
     for name in ("clients.jsonl", "consensus_samples.jsonl"):
@@ -196,7 +196,7 @@ def test_resume_can_extend_a_run_and_the_profile_file_resumes_it(tmp_path):
     run_main(app, 3, {**profile, "num-server-rounds": 3})
 
     rows = json.loads((folder / "metrics.json").read_text())
-    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
 
 
 # --- fedavg-lora ----------------------------------------------------------------------------

@@ -49,8 +49,9 @@ def test_heterogeneous_tiny_clients_reach_consensus(tmp_path, cache_dir):
         tmp_path, cache_dir, ["tiny-llama", "tiny-gpt2", "tiny-qwen2"]
     )
     rows = run_log.rows
-    assert [r["round"] for r in rows] == [1, 2]
-    assert all(r["train-replies"] == 3 and r["eval-replies"] == 3 for r in rows)
+    assert [r["round"] for r in rows] == [0, 1, 2]  # round 0: the untrained models
+    assert rows[0]["eval-replies"] == 3 and "train-replies" not in rows[0]
+    assert all(r["train-replies"] == 3 and r["eval-replies"] == 3 for r in rows[1:])
     assert all(np.isfinite(r["nll"]) and r["nll"] > 0 for r in rows)
     clients = [json.loads(line) for line in (run_log.folder / "clients.jsonl").open()]
     assert {c["model"] for c in clients} == {"tiny-llama", "tiny-gpt2", "tiny-qwen2"}
@@ -71,7 +72,7 @@ def test_node_with_unknown_model_is_reported_and_the_round_goes_on(tmp_path, cac
         rounds=1,
         node_configs=node_configs,
     )
-    row = run_log.rows[0]
+    row = run_log.rows[1]
     assert row["train-replies"] == 2 and row["dropped-replies"] == 1
     assert row["eval-replies"] == 2
     assert len(strategy.pseudo_labels) == 3
@@ -104,7 +105,7 @@ def test_node_with_missing_data_file_is_named_and_the_round_goes_on(tmp_path, ca
         rounds=1,
         node_configs=node_configs,
     )
-    row = run_log.rows[0]
+    row = run_log.rows[1]
     assert row["train-replies"] == 2 and row["dropped-replies"] == 1
     assert "node with partition-id 1: config key 'data-path'" in caplog.text
     assert "gone.jsonl" in caplog.text
@@ -114,7 +115,7 @@ def test_injected_raise_is_dropped_and_the_round_goes_on(tmp_path, cache_dir, ca
     models = ["tiny-llama", "tiny-gpt2", "tiny-llama"]
     overrides = {"fault.mode": "raise", "fault.clients": "1"}
     _, run_log, _ = run_fedsem(tmp_path, cache_dir, models, rounds=1, **overrides)
-    row = run_log.rows[0]
+    row = run_log.rows[1]
     assert row["train-replies"] == 2 and row["dropped-replies"] == 1
     assert row["eval-replies"] == 3  # the faulty node still evaluates
     assert "partition-id 1: injected fault (fault.mode='raise')" in caplog.text
@@ -132,8 +133,8 @@ def test_adversarial_client_sends_its_text_and_zlib_changes_no_consensus(tmp_pat
     assert node3 and set(node3) == {"BUY NOW"}
     # Lossless on the wire: the same answers, the same consensus, round after round.
     assert packed.pseudo_labels == plain.pseudo_labels
-    assert [r["agreement-mean"] for r in packed_log.rows] == [
-        r["agreement-mean"] for r in plain_log.rows
+    assert [r["agreement-mean"] for r in packed_log.rows[1:]] == [
+        r["agreement-mean"] for r in plain_log.rows[1:]
     ]
     sent = plain_grid._grid.sent[0].content
     assert p.TEXTS in sent[p.PSEUDO] or len(sent[p.PSEUDO][p.IDS]) == 0

@@ -99,8 +99,8 @@ def test_consensus_picks_the_agreeing_answer_and_sends_it_back(tmp_path):
     assert {q.answer for q in strategy.pseudo_labels} <= {GOOD, GOOD_TOO}
     # Round 1 carries no pseudo-labels; round 2 carries round 1's consensus texts.
     assert seen[0][0] == [] and set(seen[0][1]) <= {GOOD, GOOD_TOO} and len(seen[0][1]) == 4
-    rows = run_log.rows
-    assert [r["round"] for r in rows] == [1, 2]
+    rows = run_log.rows[1:]  # row 0 is the evaluation before training
+    assert [r["round"] for r in run_log.rows] == [0, 1, 2]
     assert rows[0]["train-replies"] == 3 and rows[0]["dropped-replies"] == 0
     assert rows[0]["bytes-up-train"] > 0 and rows[0]["bytes-down-evaluate"] > 0
     # rouge-l is the num-examples weighted mean of 0.1, 0.2, 0.3 with equal weights
@@ -125,7 +125,7 @@ def test_bad_clients_are_dropped_and_the_round_goes_on(tmp_path):
 
     behaviour = [answer_all(GOOD), crash, too_few, half_empty, answer_all(OFF_TOPIC, math.nan)]
     strategy, run_log, _, _ = run(tmp_path, behaviour)
-    row = run_log.rows[0]
+    row = run_log.rows[1]
     # crash and too_few are dropped whole; half_empty and the NaN client stay with masks
     assert row["train-replies"] == 3 and row["dropped-replies"] == 2
     assert row["answers-masked"] == 2 + 4  # two empty answers + four NaN confidences
@@ -138,8 +138,8 @@ def test_too_few_clients_means_no_consensus_that_round(tmp_path):
 
     strategy, run_log, _, _ = run(tmp_path, [answer_all(GOOD), crash])
     assert strategy.pseudo_labels == []
-    assert "pseudo-labels" not in run_log.rows[0]
-    assert run_log.rows[0]["dropped-replies"] == 1
+    assert "pseudo-labels" not in run_log.rows[1]
+    assert run_log.rows[1]["dropped-replies"] == 1
 
 
 def test_min_agreement_abstains(tmp_path):

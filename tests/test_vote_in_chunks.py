@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedsem_app.config import FedSemConfig
-from fedsem_app.consensus import consensus
+from fedsem_app.consensus import consensus, text_key
 from fedsem_app.strategies.fedsem import embed_grid, vote_in_chunks
 
 
@@ -93,7 +93,10 @@ def test_real_embedder_blocks_match_one_call():
     confidences = np.zeros((4, 3), np.float32)
     cfg = FedSemConfig()
     whole = embed_grid(texts, mask, cfg.embedder)
-    one = consensus(cfg.consensus, whole, torch.from_numpy(mask))
+    keys = np.array([[text_key(t) for t in row] for row in texts])
+    one = consensus(
+        cfg.consensus, whole, torch.from_numpy(mask), confidences=confidences, text_keys=keys
+    )
     chunked, _, _ = vote_in_chunks(texts, mask, confidences, cfg, chunk_texts=3)
     np.testing.assert_array_equal(chunked.index, one.index)
     np.testing.assert_allclose(chunked.agreement, one.agreement, atol=1e-5)

@@ -6,6 +6,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import peft
@@ -92,7 +93,12 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def build_example(
-    tokenizer: PreTrainedTokenizerBase, prompt_text: str, answer: str, max_len: int
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_text: str,
+    answer: str,
+    max_len: int,
+    *,
+    add_eos: bool = True,
 ) -> dict[str, list[int]]:
     """Tokenize one training pair with the loss on the answer tokens only.
 
@@ -108,6 +114,10 @@ def build_example(
         Maximum sequence length. Too-long pairs keep the end of the prompt (the part
         next to the answer) and the start of the answer, and at least half of the
         window stays for the answer, so every example has answer tokens to learn.
+    add_eos
+        Append EOS (default). False for a text that was cut off at a length cap (an
+        unfinished generated answer): training on it must not teach the model to
+        stop mid-sentence.
 
     Returns
     -------
@@ -118,7 +128,8 @@ def build_example(
     """
     prompt_ids = encode_prompt(tokenizer, prompt_text)
     answer_ids = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
-    answer_ids.append(tokenizer.eos_token_id)
+    if add_eos:
+        answer_ids.append(tokenizer.eos_token_id)
     if len(prompt_ids) + len(answer_ids) > max_len:
         keep_prompt = min(len(prompt_ids), max(max_len - len(answer_ids), max_len // 2))
         prompt_ids = prompt_ids[len(prompt_ids) - keep_prompt :]
@@ -167,6 +178,32 @@ def sample_batches(
     return batches
 
 
+def mixed_batches(
+    rng: np.random.Generator,
+    num_private: int,
+    num_pseudo: int,
+    batch_size: int,
+    steps: int,
+    pseudo_share: float,
+) -> list[list[int]]:
+    """Batches over ``num_private`` private then ``num_pseudo`` pseudo-labelled examples.
+
+    With ``pseudo_share == 0`` (or no pseudo-labels) every batch is drawn uniformly
+    from the union, as :func:`sample_batches` does. Otherwise each batch holds
+    ``round(pseudo_share * batch_size)`` pseudo-labelled examples (at least one,
+    at most the whole batch), each group drawn from its own shuffled passes; indices
+    of pseudo-labelled examples are offset by ``num_private``.
+    """
+    if pseudo_share <= 0 or num_pseudo == 0 or num_private == 0:
+        return sample_batches(rng, num_private + num_pseudo, batch_size, steps)
+    n_pseudo = min(batch_size, max(1, round(pseudo_share * batch_size)))
+    pseudo = sample_batches(rng, num_pseudo, n_pseudo, steps)
+    if n_pseudo == batch_size:
+        return [[num_private + i for i in b] for b in pseudo]
+    private = sample_batches(rng, num_private, batch_size - n_pseudo, steps)
+    return [a + [num_private + i for i in b] for a, b in zip(private, pseudo, strict=True)]
+
+
 def answer_length(token_ids: Sequence[int], eos_ids: Sequence[int]) -> int:
     """Count generated tokens up to and including the first EOS (all if none)."""
     for position, token in enumerate(token_ids):
@@ -185,6 +222,26 @@ def answer_confidence(
     """
     n = max(answer_length(token_ids, eos_ids), 1)
     return float(np.mean(np.asarray(logprobs[:n], dtype=np.float64)))
+
+
+@dataclass(frozen=True)
+class Answers:
+    """Generated answers, in prompt order.
+
+    Attributes
+    ----------
+    texts
+        Stripped answer texts (new tokens only, special tokens removed).
+    confidences
+        Mean log-probability of each answer's tokens up to and including EOS.
+    finished
+        Whether the model ended the answer itself (generated EOS) rather than
+        hitting ``max_new_tokens``.
+    """
+
+    texts: list[str]
+    confidences: list[float]
+    finished: list[bool]
 
 
 class GreedyLogProbRecorder(LogitsProcessor):
@@ -363,13 +420,35 @@ class CausalLMClient:
         *,
         seed: int,
         proximal_mu: float = 0.0,
+        pseudo: Sequence[tuple[str, str, bool]] = (),
+        pseudo_share: float = 0.0,
+        steps: int | None = None,
     ) -> dict[str, float]:
-        """Fine-tune the adapter for exactly ``settings.local_steps`` AdamW steps.
+        """Fine-tune the adapter for exactly ``steps`` AdamW steps.
 
-        Batches of ``settings.batch_size`` pairs are drawn from seeded shuffled passes
-        over ``pairs``; the loss covers the answer tokens (and EOS) only. With
-        ``proximal_mu > 0`` the loss adds FedProx's ``mu / 2 * ||w - w0||^2`` over
-        the adapter weights, ``w0`` being the adapter at the start of the call.
+        Batches of ``settings.batch_size`` examples are drawn from seeded shuffled
+        passes (see :func:`mixed_batches`); the loss covers the answer tokens (and
+        EOS) only. With ``proximal_mu > 0`` the loss adds FedProx's
+        ``mu / 2 * ||w - w0||^2`` over the adapter weights, ``w0`` being the
+        adapter at the start of the call.
+
+        Parameters
+        ----------
+        pairs
+            Private (prompt, answer) pairs.
+        settings
+            Batch size, learning rate, sequence length and the default step count.
+        seed
+            Seeds batch sampling and dropout.
+        proximal_mu
+            FedProx's term weight (0: plain fine-tuning).
+        pseudo
+            Pseudo-labelled (prompt, answer, finished) triples; an unfinished answer
+            (cut at the length cap) is trained on without EOS.
+        pseudo_share
+            Share of each batch drawn from ``pseudo`` (0: uniform over the union).
+        steps
+            Optimizer steps; ``settings.local_steps`` when None.
 
         Returns
         -------
@@ -379,12 +458,23 @@ class CausalLMClient:
 
         """
         start = time.perf_counter()
-        steps = settings.local_steps if pairs else 0
+        steps = settings.local_steps if steps is None else steps
+        steps = steps if (pairs or pseudo) else 0
         losses: list[float] = []
         if steps > 0:
-            examples = self._examples(pairs, settings.max_seq_len)
-            batches = sample_batches(
-                np.random.default_rng(seed), len(examples), settings.batch_size, steps
+            examples = self._examples(pairs, settings.max_seq_len) + [
+                build_example(
+                    self.tokenizer, self.prompt_text(q), a, settings.max_seq_len, add_eos=done
+                )
+                for q, a, done in pseudo
+            ]
+            batches = mixed_batches(
+                np.random.default_rng(seed),
+                len(pairs),
+                len(pseudo),
+                settings.batch_size,
+                steps,
+                pseudo_share,
             )
             params = [p for p in self.model.parameters() if p.requires_grad]
             start_params = [p.detach().clone() for p in params] if proximal_mu > 0 else []
@@ -415,23 +505,28 @@ class CausalLMClient:
             "train-loss": float(np.mean(losses)) if losses else 0.0,
             "train-steps": len(losses),
             "train-seconds": time.perf_counter() - start,
-            "num-examples": len(pairs),
+            "num-examples": len(pairs) + len(pseudo),
         }
 
     def generate(
         self, prompts: Sequence[str], settings: GenerationConfig
     ) -> tuple[list[str], list[float]]:
-        """Greedy answers to ``prompts`` and their confidences.
+        """Greedy answers to ``prompts`` and their confidences (see :meth:`answer`)."""
+        answers = self.answer(prompts, settings)
+        return answers.texts, answers.confidences
+
+    def answer(self, prompts: Sequence[str], settings: GenerationConfig) -> Answers:
+        """Greedy answers to ``prompts``, their confidences and whether they finished.
 
         Prompts are templated, left-padded and generated ``settings.batch_size`` at a
         time. The confidence of an answer is the mean log-probability of its tokens up
         to and including EOS (an empty answer: that of its EOS): finite and ``<= 0``.
+        An answer is finished when the model generated EOS before ``max_new_tokens``.
 
         Returns
         -------
-        tuple
-            Stripped answer texts (new tokens only, special tokens removed) and
-            confidences, both in prompt order.
+        Answers
+            Texts, confidences and finished flags, in prompt order.
 
         """
         config = HFGenerationConfig(
@@ -444,6 +539,7 @@ class CausalLMClient:
         )
         texts: list[str] = []
         confidences: list[float] = []
+        finished: list[bool] = []
         self.model.eval()
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(prompts), settings.batch_size):
@@ -466,7 +562,8 @@ class CausalLMClient:
                     text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
                     texts.append(text.strip())
                     confidences.append(answer_confidence(ids, row, self.eos_ids))
-        return texts, confidences
+                    finished.append(any(t in self.eos_ids for t in ids[:n]))
+        return Answers(texts, confidences, finished)
 
     def nll(
         self, pairs: Sequence[tuple[str, str]], batch_size: int = 8, max_len: int = 512
@@ -481,10 +578,24 @@ class CausalLMClient:
             If ``pairs`` is empty.
 
         """
+        sums, counts = self.nll_terms(pairs, batch_size, max_len)
+        return float(sums.sum() / counts.sum()) if counts.sum() else math.nan
+
+    def nll_terms(
+        self, pairs: Sequence[tuple[str, str]], batch_size: int = 8, max_len: int = 512
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Summed token NLL and token count of each reference answer (EOS included).
+
+        Raises
+        ------
+        ValueError
+            If ``pairs`` is empty.
+
+        """
         if not pairs:
             raise ValueError("nll needs at least one (prompt, answer) pair")
         examples = self._examples(pairs, max_len)
-        total, count = 0.0, 0
+        sums, counts = [], []
         self.model.eval()
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(examples), batch_size):
@@ -497,13 +608,12 @@ class CausalLMClient:
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
                 ).logits
                 targets = batch["labels"][:, 1:]
-                total += float(
-                    F.cross_entropy(
-                        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                        targets.reshape(-1),
-                        ignore_index=IGNORE_INDEX,
-                        reduction="sum",
-                    )
-                )
-                count += int((targets != IGNORE_INDEX).sum())
-        return total / count if count else math.nan
+                token_nll = F.cross_entropy(
+                    logits[:, :-1].float().transpose(1, 2),
+                    targets,
+                    ignore_index=IGNORE_INDEX,
+                    reduction="none",
+                )  # (batch, seq), 0 where ignored
+                sums.extend(token_nll.sum(-1).tolist())
+                counts.extend((targets != IGNORE_INDEX).sum(-1).tolist())
+        return np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.float64)

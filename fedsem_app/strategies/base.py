@@ -24,6 +24,7 @@ from fedsem_app import protocol as p
 from fedsem_app.checkpoint import Checkpoint, RoundShift, shift_result, timed_save
 from fedsem_app.config import AppConfig
 from fedsem_app.data import DataSplit
+from fedsem_app.intervals import quality_intervals
 from fedsem_app.results import RunLog
 from fedsem_app.validation import check_metrics, reply_error
 from fedsem_app.wire import pack_texts
@@ -80,7 +81,7 @@ class AppStrategy(FedAvg):
         self.app = app
         self.split = split
         self.run_log = run_log
-        self._test = qa_record(split.test[: app.eval.num_prompts])
+        self._test = qa_record(split.test[: app.eval.num_prompts or None])  # 0: all
         self.first_round = 1  # a resumed run starts after its checkpoint's round
 
     # --- helpers for subclasses ----------------------------------------------------
@@ -137,24 +138,40 @@ class AppStrategy(FedAvg):
 
     @staticmethod
     def client_rows(replies: Iterable[Message]) -> list[dict[str, Any]]:
-        """Per-client metrics of a phase, with node id and model name."""
+        """Per-client metrics of a phase, with node id and model name.
+
+        An evaluate reply's per-prompt lists become its 95 % intervals over prompts.
+        """
         rows = []
         for msg in replies:
             info = msg.content.get(p.INFO, ConfigRecord())
+            metrics = dict(msg.content[p.METRICS])
             rows.append(
                 {
                     "node": msg.metadata.src_node_id,
                     "model": info.get(p.MODEL_NAME, ""),
-                    **dict(msg.content[p.METRICS]),
+                    **{k: v for k, v in metrics.items() if not isinstance(v, list)},
+                    **quality_intervals([metrics]),
                 }
             )
         return rows
 
     def record_train(
-        self, server_round: int, replies: list[Message], dropped: int, extra: dict[str, Any]
+        self,
+        server_round: int,
+        replies: list[Message],
+        dropped: int,
+        extra: dict[str, Any],
+        per_client: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> MetricRecord | None:
-        """Average train metrics, log per-client rows and merge into the round row."""
+        """Average train metrics, log per-client rows and merge into the round row.
+
+        ``per_client`` adds server-side numbers (e.g. FedSem's pick-share) to the
+        client rows, by node id.
+        """
         rows = self.client_rows(replies)
+        for row in rows:
+            row.update((per_client or {}).get(row["node"], {}))
         self.run_log.add_clients(server_round, "train", rows)
         metrics = (
             self.train_metrics_aggr_fn([m.content for m in replies], p.NUM_EXAMPLES)
@@ -241,6 +258,8 @@ class AppStrategy(FedAvg):
         included), then checkpoints each closed round.
         """
         offset = self.first_round - 1
+        if offset == 0:
+            self.evaluate_round_zero(grid, initial_arrays, timeout)
         shifted = RoundShift(self, offset, self.save_checkpoint)
         if evaluate_fn is not None:
             unshifted = evaluate_fn
@@ -258,6 +277,18 @@ class AppStrategy(FedAvg):
             evaluate_fn,
         )
         return shift_result(result, offset)
+
+    def evaluate_round_zero(self, grid: Grid, arrays: ArrayRecord, timeout: float) -> None:
+        """Evaluate the untrained models (round 0): the baseline every gain is measured from.
+
+        The same evaluate messages as every later round, before any training: the
+        fresh global adapter for the parameter strategies, each client's fresh
+        adapter otherwise.
+        """
+        self.run_log.start_round(0)
+        messages = self.configure_evaluate(0, arrays, ConfigRecord(), grid)
+        replies = grid.send_and_receive(messages=messages, timeout=timeout)
+        self.aggregate_evaluate(0, replies)
 
     # --- Strategy interface ----------------------------------------------------------
     def configure_train(
@@ -299,18 +330,25 @@ class AppStrategy(FedAvg):
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         for msg in messages:
             msg.content[p.TEST] = self._test
+            # Text strategies: no adapter, not even an empty record (messages may share
+            # one content, so check before deleting).
+            if len(arrays) == 0 and p.ADAPTER in msg.content:
+                del msg.content[p.ADAPTER]
         return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Average evaluation metrics by example count and close the round's row."""
-        kept, dropped = self.usable(server_round, replies, "evaluate", EVAL_METRICS)
+        required = EVAL_METRICS if self.app.eval.generate else (p.NUM_EXAMPLES, p.NLL)
+        kept, dropped = self.usable(server_round, replies, "evaluate", required)
         self.run_log.add_clients(server_round, "evaluate", self.client_rows(kept))
         metrics = super().aggregate_evaluate(server_round, kept) if kept else None
         row: dict[str, Any] = {"eval-replies": len(kept), "eval-dropped": dropped}
         if metrics is not None:
-            row.update(dict(metrics))
+            # Per-prompt lists become intervals; the row keeps numbers only.
+            row.update({k: v for k, v in metrics.items() if not isinstance(v, list)})
+            row.update(quality_intervals([dict(m.content[p.METRICS]) for m in kept]))
         self.run_log.add(server_round, row)
         self.run_log.close_round(server_round)
         return metrics

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid
 
 from fedsem_app import protocol as p
 from fedsem_app.config import FedSemConfig
-from fedsem_app.consensus import ConsensusResult, consensus
+from fedsem_app.consensus import ConsensusResult, consensus, text_key
 from fedsem_app.data import QAPair
 from fedsem_app.embedding import embed
 from fedsem_app.strategies import register_strategy
@@ -32,12 +32,43 @@ def public_slice(public: Sequence[QAPair], server_round: int, budget: int) -> li
     return [public[(start + i) % len(public)] for i in range(min(budget, len(public)))]
 
 
-def answer_grid(answers: Sequence[ValidAnswers]) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
-    """Stack K clients' answers into prompt-major (P x K) texts, mask and confidences."""
+def answer_grid(
+    answers: Sequence[ValidAnswers],
+) -> tuple[list[list[str]], np.ndarray, np.ndarray, np.ndarray]:
+    """Stack K clients' answers into prompt-major (P x K) texts, mask, confidences, finished."""
     texts = [list(col) for col in zip(*(a.texts for a in answers), strict=True)]
     mask = np.stack([a.valid for a in answers], axis=1)
     confidences = np.stack([a.confidences for a in answers], axis=1)
-    return texts, mask, confidences
+    finished = np.stack([a.finished for a in answers], axis=1)
+    return texts, mask, confidences, finished
+
+
+def pick_shares(texts: list[list[str]], index: np.ndarray) -> np.ndarray:
+    """How many of the labelled prompts each client's answer won, as shares of them.
+
+    A prompt whose chosen text several clients gave word for word credits each of
+    them equally (the choice among identical texts is arbitrary).
+
+    Parameters
+    ----------
+    texts
+        P x K answer texts.
+    index
+        ``(P,)`` chosen answer per prompt, -1 where no label was given.
+
+    Returns
+    -------
+    np.ndarray
+        ``(K,)`` shares that sum to 1 over the labelled prompts (all 0 without any).
+    """
+    num_clients = len(texts[0]) if texts else 0
+    credit = np.zeros(num_clients)
+    labelled = [i for i in range(len(texts)) if index[i] >= 0]
+    for i in labelled:
+        chosen = texts[i][index[i]]
+        winners = [k for k in range(num_clients) if texts[i][k] == chosen]
+        credit[winners] += 1.0 / len(winners)
+    return credit / len(labelled) if labelled else credit
 
 
 def embed_grid(
@@ -84,6 +115,9 @@ def vote_in_chunks(
     embed_fn
         ``fn(texts, mask, embedder) -> (P, K, D)`` tensor; :func:`embed_grid` by default.
 
+    Ties between equal scores go to the more confident answer, then to the answer
+    with the higher :func:`~fedsem_app.consensus.text_key`, never to node order.
+
     Returns
     -------
     tuple
@@ -106,6 +140,9 @@ def vote_in_chunks(
                 embeddings,
                 torch.from_numpy(mask[rows]),
                 confidences=torch.from_numpy(confidences[rows]),
+                text_keys=np.array(
+                    [[text_key(t) for t in row] for row in texts[rows]], dtype=np.float64
+                ).reshape(mask[rows].shape),
                 min_agreement=cfg.min_agreement,
                 cluster_threshold=cfg.cluster_threshold,
                 confidence_weight=cfg.confidence_weight,
@@ -134,16 +171,26 @@ class FedSem(AppStrategy):
     consensus answer per prompt with the configured rule and keeps it as the next
     round's pseudo-label. No parameters cross the network.
 
+    With ``fedsem.label-memory`` the server keeps the latest label of every public
+    prompt answered so far and sends all of them; otherwise only last round's.
+    With ``fedsem.vote-unfinished`` off, answers that hit the length cap are left
+    out of the vote. Each round records the share of answers cut at the cap
+    (``truncated-share``) and, per model, the share of labels its clients' answers
+    won (``pick-share-<model>``; per node in ``clients.jsonl``).
+
     Wire contract (see :mod:`fedsem_app.protocol`)
     -----------------------------------------------
     Train message to the client:
         ``config`` ConfigRecord with ``server-round``; ``public`` ConfigRecord with
         ``ids`` (list[int]) and ``prompts`` (list[str]) to answer; ``pseudo``
-        ConfigRecord with ``ids``, ``prompts`` and ``texts`` (the pseudo-labels).
+        ConfigRecord with ``ids``, ``prompts``, ``texts`` (the pseudo-labels) and
+        ``finished`` (list[bool]: False for a label cut at the length cap, to be
+        trained on without EOS).
     The client must reply with:
         ``answers`` ConfigRecord with ``ids`` (the ids it was sent, same order),
-        ``texts`` (one answer per prompt) and ``confidences`` (mean token
-        log-prob per answer, finite); ``metrics`` MetricRecord with
+        ``texts`` (one answer per prompt), ``confidences`` (mean token
+        log-prob per answer, finite) and optionally ``finished`` (list[bool],
+        whether each answer ended with EOS; all True when absent); ``metrics`` MetricRecord with
         ``num-examples`` and ``train-loss``; ``info`` ConfigRecord with ``model-name``.
 
     Parameters
@@ -157,15 +204,20 @@ class FedSem(AppStrategy):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pseudo_labels: list[QAPair] = []
+        self.unfinished: set[int] = set()  # ids of pseudo-labels cut at the length cap
         self._prompts: dict[int, list[QAPair]] = {}
 
     def state_dict(self) -> dict[str, Any]:
         """The pseudo-labels the next round sends (all FedSem carries between rounds)."""
-        return {"pseudo-labels": [dataclasses.asdict(q) for q in self.pseudo_labels]}
+        return {
+            "pseudo-labels": [dataclasses.asdict(q) for q in self.pseudo_labels],
+            "unfinished": sorted(self.unfinished),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the pseudo-labels of :meth:`state_dict`."""
         self.pseudo_labels = [QAPair(**q) for q in state.get("pseudo-labels", [])]
+        self.unfinished = set(state.get("unfinished", []))
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -184,11 +236,13 @@ class FedSem(AppStrategy):
         )
         config[p.ROUND] = server_round
         codec = self.app.fedsem.wire_compression
+        pseudo = qa_record(self.pseudo_labels, codec=codec)
+        pseudo[p.FINISHED] = [q.id not in self.unfinished for q in self.pseudo_labels]
         content = RecordDict(
             {
                 p.TRAIN_CONFIG: config,
                 p.PUBLIC: qa_record(prompts, with_answers=False, codec=codec),
-                p.PSEUDO: qa_record(self.pseudo_labels, codec=codec),
+                p.PSEUDO: pseudo,
             }
         )
         return self._construct_messages(content, node_ids, MessageType.TRAIN)
@@ -228,25 +282,44 @@ class FedSem(AppStrategy):
             voters.append((msg, answers))
 
         extra: dict[str, Any] = {}
+        self._node_shares: dict[int, float] = {}
         if self.enough(server_round, "train", len(voters)):
             extra = self._consensus(server_round, prompts, voters)
         extra["server-seconds"] = time.perf_counter() - t0
-        metrics = self.record_train(server_round, [m for m, _ in voters], dropped, extra)
+        metrics = self.record_train(
+            server_round,
+            [m for m, _ in voters],
+            dropped,
+            extra,
+            per_client={n: {"pick-share": s} for n, s in self._node_shares.items()},
+        )
         return None, metrics
 
     def _consensus(
         self, server_round: int, prompts: list[QAPair], voters: list[tuple[Message, ValidAnswers]]
     ) -> dict[str, Any]:
         cfg = self.app.fedsem
-        texts, mask, confidences = answer_grid([a for _, a in voters])
+        texts, answered, confidences, finished = answer_grid([a for _, a in voters])
+        mask = answered if cfg.vote_unfinished else answered & finished
         result, embed_seconds, consensus_seconds = vote_in_chunks(texts, mask, confidences, cfg)
         chosen = [i for i in range(len(prompts)) if not result.abstained[i]]
-        self.pseudo_labels = [
-            QAPair(prompts[i].id, prompts[i].prompt, texts[i][result.index[i]], prompts[i].category)
-            for i in chosen
-        ]
+        labels = {q.id: q for q in self.pseudo_labels} if cfg.label_memory else {}
+        unfinished = set(self.unfinished) if cfg.label_memory else set()
+        for i in chosen:
+            q = prompts[i]
+            labels[q.id] = QAPair(q.id, q.prompt, texts[i][result.index[i]], q.category)
+            unfinished.discard(q.id)
+            if not finished[i, result.index[i]]:
+                unfinished.add(q.id)
+        self.pseudo_labels = [labels[k] for k in sorted(labels)]
+        self.unfinished = unfinished & set(labels)
         models = [m.content.get(p.INFO, ConfigRecord()).get(p.MODEL_NAME, "") for m, _ in voters]
         nodes = [m.metadata.src_node_id for m, _ in voters]
+        shares = pick_shares(texts, result.index)
+        self._node_shares = {n: float(s) for n, s in zip(nodes, shares, strict=True)}
+        by_model: dict[str, float] = {}
+        for model, share in zip(models, shares, strict=True):
+            by_model[f"pick-share-{model}"] = by_model.get(f"pick-share-{model}", 0.0) + share
         self.run_log.add_samples(
             server_round,
             [
@@ -254,7 +327,14 @@ class FedSem(AppStrategy):
                     "prompt-id": prompts[i].id,
                     "prompt": prompts[i].prompt,
                     "answers": [
-                        {"node": n, "model": mdl, "text": texts[i][k], "valid": bool(mask[i, k])}
+                        {
+                            "node": n,
+                            "model": mdl,
+                            "text": texts[i][k],
+                            "valid": bool(mask[i, k]),
+                            "finished": bool(finished[i, k]),
+                            "confidence": float(confidences[i, k]),
+                        }
                         for k, (n, mdl) in enumerate(zip(nodes, models, strict=True))
                     ],
                     "chosen": int(result.index[i]),
@@ -267,6 +347,10 @@ class FedSem(AppStrategy):
         valid_agreement = result.agreement[~result.abstained]
         return {
             "pseudo-labels": len(self.pseudo_labels),
+            "pseudo-unfinished": len(self.unfinished),
+            "prompts-labelled": len(chosen),
+            "truncated-share": float(1.0 - finished[answered].mean()) if answered.any() else 0.0,
+            **by_model,
             "abstained": int(result.abstained.sum()),
             "agreement-mean": float(valid_agreement.mean()) if len(valid_agreement) else 0.0,
             "embed-seconds": embed_seconds,

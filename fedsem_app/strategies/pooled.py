@@ -26,19 +26,25 @@ class Pooled(Local):
     """Centralised training on the pooled private data: an upper bound, NOT federated.
 
     It answers "how good could one model get if all private data sat in one
-    place?" with the same model, trainer, step budget and evaluation as the
-    federated strategies. One node, the lowest node id (kept for the whole run, so
-    its adapter persists in its state between rounds), trains every round on the
-    union of all clients' private partitions and is the only node evaluated. The
-    other nodes stay idle. Privacy is deliberately ignored: never use this mode on
-    data that must stay local.
+    place, trained with the federation's compute?" with the same model, trainer
+    and evaluation as the federated strategies. One node, the lowest node id
+    (kept for the whole run, so its adapter persists in its state between
+    rounds), trains every round on the union of all clients' private partitions
+    and is the only node evaluated. The other nodes stay idle. Privacy is
+    deliberately ignored: never use this mode on data that must stay local.
+
+    Compute is matched to the federation: with N connected nodes, the pooled node
+    takes ``N x train.local-steps`` optimizer steps a round at the same batch size,
+    so it processes as many examples per round as N clients of ``local`` or
+    ``fedavg-lora`` do together (``fedsem`` clients also train on pseudo-labels
+    within the same steps).
 
     Wire contract (see :mod:`fedsem_app.protocol`)
     -----------------------------------------------
     As :class:`~fedsem_app.strategies.local.Local`, sent to one node only, plus
     ``train-on-all-partitions`` (true) in the train ``config``: the client trains
     on the whole private pool instead of its partition and reports its size as
-    ``num-examples``.
+    ``num-examples``, and ``local-steps`` (int): the optimizer steps to take.
 
     Parameters
     ----------
@@ -53,10 +59,14 @@ class Pooled(Local):
         super().__init__(*args, **kwargs)
         self.node_id: int | None = None
 
+    def connected(self, grid: Grid) -> list[int]:
+        """Connected node ids, once at least min-clients are connected."""
+        # sample_nodes with a sample size of 0 only waits for min-clients nodes to connect.
+        return sample_nodes(grid, self.min_available_nodes, 0)[1]
+
     def pooled_node(self, grid: Grid) -> int:
         """The node that holds the pooled model: the lowest id, kept while it is connected."""
-        # sample_nodes with a sample size of 0 only waits for min-clients nodes to connect.
-        _, connected = sample_nodes(grid, self.min_available_nodes, 0)
+        connected = self.connected(grid)
         if self.node_id not in connected:
             if self.node_id is not None:
                 log(
@@ -79,8 +89,9 @@ class Pooled(Local):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Ask the pooled node to train on every partition."""
+        """Ask the pooled node to train on every partition with the federation's steps."""
         config[p.TRAIN_ON_ALL_PARTITIONS] = True
+        config[p.LOCAL_STEPS] = self.app.train.local_steps * len(self.connected(grid))
         messages = super().configure_train(server_round, arrays, config, grid)
         log(WARNING, "%s (node %d)", NOT_FEDERATED, self.node_id)
         return messages
