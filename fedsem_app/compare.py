@@ -2,7 +2,7 @@
 
 Usage::
 
-    fedsem-compare conf/compare.toml [--out DIR] [--strategies a,b]
+    fedsem-compare conf/compare.toml [--out DIR] [--strategies a,b] [--seeds 1,2,3]
                    [--federation-config "num-supernodes=3"]
     fedsem-compare --runs RUN_DIR [RUN_DIR ...] --out DIR
 
@@ -14,6 +14,12 @@ settings, then writes ``comparison.md``, ``comparison.csv``,
 failed run is reported in the table with its reason; the others go on. The
 second form only lines up existing run folders.
 
+With several seeds (``--seeds 1,2,3`` or ``seeds = [1, 2, 3]`` in ``[compare]``)
+every strategy runs once per seed (the seed sets the split, the partitions, the
+LoRA initialisation and the batches), and ``study.md`` / ``study.csv`` /
+``study_quality.png`` show each strategy's mean and standard deviation across
+seeds, its gain over round 0 and its cost to reach 90 % of ``pooled``'s gain.
+
 A profile is a run-config TOML file (as in ``conf/``) plus a ``[compare]``
 table::
 
@@ -21,6 +27,7 @@ table::
     strategies = ["fedsem", "fedavg-lora"]   # run in this order
     out = "~/.fedsem/compare/smollm2"        # optional output folder
     federation-config = "num-supernodes=3"   # optional
+    seeds = [1, 2, 3]                        # optional: every strategy once per seed
 
 Everything outside ``[compare]`` is handed to every run unchanged.
 """
@@ -28,6 +35,7 @@ Everything outside ``[compare]`` is handed to every run unchanged.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -42,12 +50,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fedsem_app.comparison import RunRecord, load_run, markdown_table, table_row, write_comparison
+from fedsem_app.comparison import (
+    RunRecord,
+    load_run,
+    markdown_table,
+    table_row,
+    write_comparison,
+    write_study,
+)
 from fedsem_app.config import DEFAULT_HOME, ConfigError, load_app_config
 from fedsem_app.strategies import get_strategy_class
 
 DEFAULT_FEDERATION = "num-supernodes=3"
-COMPARE_KEYS = ("strategies", "out", "federation-config")
+COMPARE_KEYS = ("strategies", "out", "federation-config", "seeds")
 _ERROR_LINE = re.compile(r"\b\w*(Error|Exception)\b:?\s")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -89,6 +104,11 @@ def read_profile(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not strategies or not all(isinstance(s, str) for s in strategies):
         raise ConfigError("compare.strategies", "give a list of strategy names")
     compare["strategies"] = list(strategies)
+    seeds = compare.get("seeds", [])
+    if not isinstance(seeds, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in seeds
+    ):
+        raise ConfigError("compare.seeds", f"give a list of integers like [1, 2, 3], got {seeds!r}")
     shared = flatten(raw)
     fixed = sorted(set(shared) & {"strategy", "results-dir", "run-name"})
     if fixed:
@@ -208,8 +228,12 @@ def run_comparison(
     strategies: Sequence[str] | None = None,
     federation_config: str | None = None,
     app_dir: Path | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> tuple[list[RunRecord], Path]:
     """Run every strategy of a profile in turn and write the comparison into ``out``.
+
+    With ``seeds`` (or the profile's ``seeds``), every strategy runs once per seed
+    and the study table over seeds is written too (:func:`write_study`).
 
     Returns
     -------
@@ -229,20 +253,29 @@ def run_comparison(
     runs_dir = out / "runs"
     runs: list[RunRecord] = []
     notes = {"federation": f"`{federation_config}`", "profile": f"`{profile}`"}
-    for strategy in strategies:
-        run = run_strategy(
-            strategy,
-            shared,
-            runs_dir,
-            f"{strategy}-{stamp}",
-            app_dir=app_dir or default_app_dir(),
-            federation_config=federation_config,
-            log_path=out / "logs" / f"{strategy}.log",
-        )
-        status = "ok" if run.ok else f"FAILED: {run.error}"
-        print(f"== {strategy}: {status}", flush=True)
-        runs.append(run)
-        write_comparison(runs, out, notes)  # refreshed after each run
+    seeds = list(seeds or compare.get("seeds") or [])
+    if seeds:
+        notes["seeds"] = ", ".join(map(str, seeds))
+    by_strategy: list[RunRecord] = []  # the same runs, labelled by strategy only
+    for seed in seeds or [None]:
+        for strategy in strategies:
+            name = strategy if seed is None else f"{strategy}-s{seed}"
+            config = dict(shared) if seed is None else {**shared, "seed": seed}
+            run = run_strategy(
+                strategy,
+                config,
+                runs_dir,
+                f"{name}-{stamp}",
+                app_dir=app_dir or default_app_dir(),
+                federation_config=federation_config,
+                log_path=out / "logs" / f"{name}.log",
+            )
+            print(f"== {name}: {'ok' if run.ok else f'FAILED: {run.error}'}", flush=True)
+            runs.append(dataclasses.replace(run, label=name))
+            by_strategy.append(run)
+            write_comparison(runs, out, notes)  # refreshed after each run
+            if seeds:
+                write_study(by_strategy, out, notes)
     return runs, out
 
 
@@ -267,6 +300,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"passed to flwr run (default: the profile's, else '{DEFAULT_FEDERATION}')",
     )
     parser.add_argument("--app", type=Path, help="Flower app folder (default: this project)")
+    parser.add_argument(
+        "--seeds", help="comma-separated seeds: every strategy once per seed (e.g. 1,2,3)"
+    )
     return parser
 
 
@@ -285,8 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_comparison(runs, out)
         else:
             strategies = args.strategies.split(",") if args.strategies else None
+            try:
+                seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+            except ValueError:
+                parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
             runs, out = run_comparison(
-                args.profile, args.out, strategies, args.federation_config, args.app
+                args.profile, args.out, strategies, args.federation_config, args.app, seeds
             )
     except ConfigError as err:
         print(f"fedsem-compare: {err}", file=sys.stderr)

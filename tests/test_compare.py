@@ -235,3 +235,18 @@ def test_tiny_comparison_through_flwr_run(tmp_path):
     # Adapters cross the network both ways for fedavg-lora; local sends only metrics.
     assert float(rows["fedavg-lora"]["bytes-total"]) > 10 * float(rows["local"]["bytes-total"])
     assert "[round 1/1]" in (out / "logs" / "local.log").read_text()
+
+
+def test_study_profile_and_seed_lists(tmp_path):
+    shared, compare = read_profile(ROOT / "conf" / "study.toml")
+    assert compare["strategies"] == ["local", "pooled", "fedsem", "fedavg-lora"]
+    cfg = load_app_config({**shared, "strategy": "fedsem"})
+    # Nothing in the study profile names the packaged dataset: data.path can replace it.
+    assert "data.name" not in shared and "data.path" not in shared
+    assert cfg.data.partitioner == "category" and cfg.eval.generate is False
+    good = tmp_path / "seeds.toml"
+    good.write_text('[compare]\nstrategies = ["local"]\nseeds = [1, 2, 3]\n')
+    assert read_profile(good)[1]["seeds"] == [1, 2, 3]
+    good.write_text('[compare]\nstrategies = ["local"]\nseeds = ["1"]\n')
+    with pytest.raises(ConfigError, match="compare.seeds"):
+        read_profile(good)
