@@ -203,10 +203,24 @@ if ((foreground)); then
     exit $((status == 0 ? 1 : status))
 fi
 
+# If a later process fails to start, stop the ones already running: all or nothing.
+started=()
+stop_started() {
+    local rc=$?
+    if ((rc != 0 && ${#started[@]})); then
+        "$here/stop.sh" "${started[@]}" >&2 || true
+    fi
+}
+trap stop_started EXIT
 start_background "$name" "Uvicorn running on" 60 flower-superlink "${link_args[@]}"
+started+=("$name")
 start_background "$name-superexec" "Starting Flower SuperExec" 30 \
     flower-superexec "${exec_args[@]}" --parent-pid "$(cat "$RUN_DIR/$name.pid")"
+started+=("$name-superexec")
 if ((proxy)); then
     start_background "$name-proxy" "start worker process" 30 nginx "${nginx_args[@]}"
-    echo "other machines: https://$host:$port (Fleet API only); operator: 127.0.0.1:$local_port"
+    echo "other machines: https://$host:$port (Fleet API only)"
+    echo "operator (flwr run/ls/log, supernode register) on this machine: 127.0.0.1:$local_port"
+else
+    echo "SuperNodes and flwr: $host:$port"
 fi
