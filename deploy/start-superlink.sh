@@ -86,7 +86,9 @@ done
 need_cmd flower-superlink
 need_cmd flower-superexec
 need_cmd flwr-serverapp  # the SuperExec starts the ServerApp with it
-((proxy)) && need_cmd nginx
+if ((proxy)) && ! command -v nginx >/dev/null; then
+    die "nginx not found on PATH (it is the proxy in front of the SuperLink); install it (Debian: apt-get install nginx)"
+fi
 mkdir -p "$RUN_DIR"
 database="${database:-$RUN_DIR/$name.db}"
 [[ "$database" == memory ]] && database=":flwr-in-memory:"  # Flower's in-memory state

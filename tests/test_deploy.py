@@ -34,8 +34,9 @@ NODES = tuple(f"node{i}" for i in range(len(MODELS)))
 BAD_NODES = ("badmodel", "baddata")  # registered, but misconfigured
 CONNECTION = "fedsem-test"
 PORT_ATTEMPTS = 3  # a free port may be taken by another process before we bind it
-# Flower's binaries come from this interpreter's environment, first on PATH.
-PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+# Flower's binaries come from this interpreter's environment, first on PATH; nginx is
+# in /usr/sbin, which not every user's PATH holds.
+PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"], "/usr/sbin"])
 NEEDED = (
     "flower-superlink",
     "flower-superexec",
