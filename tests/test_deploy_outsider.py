@@ -137,7 +137,7 @@ class Outsider:
         (app / "outsider_app.py").write_text(OUTSIDER_APP.format(marker=str(self.marker)))
         proc = self.flwr("run", ".", OUTSIDER, cwd=app)
         # Accepted means a run id came back; whether its ServerApp ran shows in the marker.
-        got_in = proc.returncode == 0 and "run" in proc.stdout.lower()
+        got_in = proc.returncode == 0 and "Successfully started run" in proc.stdout
         self.record("flwr run (own app)", got_in, proc.stdout + proc.stderr)
 
     def try_register(self, key: Path) -> None:
