@@ -18,7 +18,7 @@ BIN = $(VENV)/bin
 FLWR_ENV = PATH="$(abspath $(BIN)):$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
 	OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: setup run quick test test-all test-deploy lint clean
+.PHONY: setup run quick test test-all test-deploy test-outsider-open lint clean
 
 setup: $(VENV)/.installed
 
@@ -43,9 +43,17 @@ test: setup
 test-all: setup
 	$(FLWR_ENV) $(BIN)/python -m pytest -q -m "slow or not slow"
 
-# Two FedSem rounds on a loopback deployment: TLS, node authentication, three SuperNodes.
+# Loopback deployment as deploy/start-superlink.sh starts it (TLS, node authentication,
+# Fleet-only proxy): two FedSem rounds on three SuperNodes, and the outsider test (every
+# attempt of someone holding only ca.crt is refused; -rP prints what each one got back).
+DEPLOY_TESTS = tests/test_deploy.py tests/test_deploy_outsider.py
 test-deploy: setup
-	$(FLWR_ENV) $(BIN)/python -m pytest -q -m slow tests/test_deploy.py -k two_fedsem_rounds
+	$(FLWR_ENV) $(BIN)/python -m pytest -q -rP -m slow $(DEPLOY_TESTS) -k "two_fedsem_rounds or outsider"
+
+# The same outsider attempts against start-superlink.sh --no-proxy: the outsider gets in.
+test-outsider-open: setup
+	FEDSEM_OUTSIDER_HARDENING=0 $(FLWR_ENV) $(BIN)/python -m pytest -q -rP -m slow \
+		tests/test_deploy_outsider.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -10,9 +10,11 @@ Writes into DIR (default: deploy/certificates):
   ca.crt, ca.key          a private certificate authority
   server.pem, server.key  the SuperLink's certificate, valid for every NAME_OR_IP
 
-Every hostname or IP address that SuperNodes and `flwr` use to reach the SuperLink
+Every hostname or IP address that SuperNodes use to reach the SuperLink machine
 must be listed (they check it against the certificate), e.g.:
-  deploy/make-certs.sh superlink.example.org 10.0.0.5 localhost 127.0.0.1
+  deploy/make-certs.sh superlink.example.org 10.0.0.5
+localhost and 127.0.0.1 are always added: on the SuperLink machine the proxy, the
+SuperExec and the operator's `flwr` reach the SuperLink itself on loopback, with TLS.
 
 Give ca.crt to every SuperNode (--root-certificates) and to every `flwr` user
 (root-certificates in the connection). Keep ca.key and server.key private.
@@ -36,6 +38,10 @@ while (($#)); do
     esac
 done
 ((${#names[@]})) || { usage >&2; exit 2; }
+# The loopback hops on the SuperLink machine check these names too (see --help).
+for name in localhost 127.0.0.1; do
+    [[ " ${names[*]} " == *" $name "* ]] || names+=("$name")
+done
 command -v openssl >/dev/null || { echo "error: openssl not found" >&2; exit 1; }
 
 # Subject Alternative Names: IP entries for addresses, DNS entries for names.

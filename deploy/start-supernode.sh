@@ -18,8 +18,11 @@ Connection:
   --auth-supernode-private-key FILE
                                  this node's private key (deploy/make-node-keys.sh);
                                  needed when the SuperLink authenticates nodes
-  --port PORT                    this node's local ClientApp runtime API port
-                                 (default 9094; one per SuperNode on a host)
+  --port PORT                    this node's Runtime API port, bound to 127.0.0.1:
+                                 the ClientApp processes it starts fetch their
+                                 message there and return the reply (plain HTTP,
+                                 no caller check: keep it off the network);
+                                 default 9094, one per SuperNode on a host
 
 What this node runs (its --node-config; these win over the run config):
   --model-name NAME              registered model, local model folder or hub id
@@ -95,7 +98,9 @@ for pair in "model-name=$model_name" "data-path=$data_path" "device=$device"; do
     node_config+=" ${pair%%=*}=\"$value\""
 done
 
-args=(--superlink "$superlink" --port "$port" --node-config "$node_config")
+# Loopback only (Flower's default too, stated so it stays so): only this node's own
+# ClientApp processes need the Runtime API, and it does not check who calls.
+args=(--superlink "$superlink" --host 127.0.0.1 --port "$port" --node-config "$node_config")
 if ((insecure)); then
     args+=(--insecure)
 else

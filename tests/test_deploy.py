@@ -2,14 +2,15 @@
 
 Everything goes through the deploy/ scripts and the installed Flower binaries:
 certificates and node keys are made, a SuperLink starts with TLS and node
-authentication, three registered SuperNodes (each its own tiny model and
-partition) run two FedSem rounds through `flwr run`, a SuperNode whose key
-was never registered is refused, and a run goes on when one SuperNode dies
-mid-round and another one cannot load its model. Ports are free ones picked at
-run time (picked again if another process took one first) and every path
-(FLWR_HOME, PID files, logs, model cache) is a temporary folder, so parallel
-runs do not collide. Every process started here is stopped by PID at the end,
-also when a test fails, and the module checks that none is left.
+authentication on loopback behind the Fleet-only proxy, three registered
+SuperNodes (each its own tiny model and partition) run two FedSem rounds
+through `flwr run`, a SuperNode whose key was never registered is refused, and
+a run goes on when one SuperNode dies mid-round and another one cannot load
+its model. Ports are free ones picked at run time (picked again if another
+process took one first) and every path (FLWR_HOME, PID files, logs, model
+cache) is a temporary folder, so parallel runs do not collide. Every process
+started here is stopped by PID at the end, also when a test fails, and the
+module checks that none is left.
 """
 
 import json
@@ -33,9 +34,19 @@ NODES = tuple(f"node{i}" for i in range(len(MODELS)))
 BAD_NODES = ("badmodel", "baddata")  # registered, but misconfigured
 CONNECTION = "fedsem-test"
 PORT_ATTEMPTS = 3  # a free port may be taken by another process before we bind it
-# Flower's binaries come from this interpreter's environment, first on PATH.
-PATH = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-NEEDED = ("flower-superlink", "flower-supernode", "flwr", "openssl", "ssh-keygen", "setsid")
+# Flower's binaries come from this interpreter's environment, first on PATH; nginx is
+# in /usr/sbin, which not every user's PATH holds.
+PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"], "/usr/sbin"])
+NEEDED = (
+    "flower-superlink",
+    "flower-superexec",
+    "flower-supernode",
+    "flwr",
+    "nginx",
+    "openssl",
+    "ssh-keygen",
+    "setsid",
+)
 MISSING = [cmd for cmd in NEEDED if shutil.which(cmd, path=PATH) is None]
 
 pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"not on PATH: {', '.join(MISSING)}")
@@ -54,15 +65,26 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 class Deployment:
-    """The temporary folders, environment and script runner of one loopback deployment."""
+    """The temporary folders, environment and script runner of one loopback deployment.
 
-    def __init__(self, base: Path) -> None:
+    Parameters
+    ----------
+    base : Path
+        Temporary folder for everything of this deployment.
+    proxy : bool
+        The default layout (the SuperLink on loopback behind the Fleet-only proxy);
+        False starts it with ``--no-proxy`` (the SuperLink itself on the public port).
+    """
+
+    def __init__(self, base: Path, proxy: bool = True) -> None:
         self.base = base
+        self.proxy = proxy
         self.run_dir = base / "run"  # PID files and logs (FEDSEM_DEPLOY_DIR)
         self.certs = base / "certs"
         self.keys = base / "keys"
         self.cache = base / "models"
-        self.port = free_port()
+        self.port = free_port()  # what SuperNodes dial: the proxy (or the SuperLink)
+        self.local_port = free_port()  # the SuperLink itself on loopback, behind the proxy
         self.env = dict(
             os.environ,
             FLWR_HOME=str(base / "flwr"),
@@ -70,7 +92,8 @@ class Deployment:
             FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
             PATH=PATH,
         )
-        self.ports = [self.port]  # every port a process of ours binds, for the leftover check
+        # Every port a process of ours binds, for the leftover check.
+        self.ports = [self.port, self.local_port]
 
     def script(self, name: str, *args: str, check: bool = True, timeout: float = 120):
         proc = subprocess.run(
@@ -85,22 +108,30 @@ class Deployment:
             assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
         return proc
 
+    @property
+    def control_address(self) -> str:
+        """Where the operator's ``flwr`` reaches the Control API (on this machine)."""
+        return f"127.0.0.1:{self.local_port if self.proxy else self.port}"
+
     def start_superlink(self) -> None:
-        """Start the SuperLink with TLS and node auth on a free port."""
+        """Start the SuperLink (TLS, node auth, proxy unless ``proxy=False``) on free ports."""
         for attempt in range(PORT_ATTEMPTS):
             proc = self.script(
                 "start-superlink.sh",
                 "--certs", str(self.certs),
                 "--host", "127.0.0.1",
                 "--port", str(self.port),
+                "--local-port", str(self.local_port),
                 "--database", "memory",
+                *(() if self.proxy else ("--no-proxy",)),
                 check=False,
             )  # fmt: skip
-            if proc.returncode == 0 or not port_taken(self.run_dir / "superlink.log"):
+            logs = ("superlink.log", "superlink-proxy.log")
+            if proc.returncode == 0 or not any(port_taken(self.run_dir / n) for n in logs):
                 break
             if attempt + 1 < PORT_ATTEMPTS:
-                self.port = free_port()
-                self.ports.append(self.port)
+                self.port, self.local_port = free_port(), free_port()
+                self.ports += [self.port, self.local_port]
         assert proc.returncode == 0, f"start-superlink.sh failed:\n{proc.stdout}\n{proc.stderr}"
 
     def start_authenticated(self, keys: list[str], registered: list[str]) -> None:
@@ -111,7 +142,7 @@ class Deployment:
         self.script(
             "add-connection.sh",
             CONNECTION,
-            f"127.0.0.1:{self.port}",
+            self.control_address,
             "--root-certificates",
             str(self.certs / "ca.crt"),
         )
@@ -175,7 +206,7 @@ class Deployment:
                 cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            flower = "flower-" in cmdline or "flwr" in cmdline
+            flower = any(name in cmdline for name in ("flower-", "flwr", "nginx"))
             if int(proc_dir.name) not in spare and flower and any(m in cmdline for m in markers):
                 left.append(f"{proc_dir.name}: {cmdline}")
                 try:
@@ -199,7 +230,8 @@ def ancestors() -> set[int]:
 
 
 def port_taken(log: Path) -> bool:
-    return "address already in use" in tail(log)
+    # Uvicorn writes "address already in use", nginx "Address already in use".
+    return "address already in use" in tail(log).lower()
 
 
 @pytest.fixture(scope="module")
@@ -239,31 +271,38 @@ def test_supernode_with_a_missing_data_file_is_not_started(deployment):
     assert not (deployment.run_dir / "nodata.pid").exists()
 
 
-def prebuild_models(cache: Path) -> None:
+def prebuild_models(cache: Path, models: tuple[str, ...] = MODELS) -> None:
     """Build the tiny models and their shared tokenizer once, before the nodes start.
 
     Otherwise each node's first ClientApp process would train the same tokenizer.
     """
     from fedsem_app.clients import MODEL_REGISTRY
 
-    for name in MODELS:
+    for name in models:
         MODEL_REGISTRY[name].builder(cache)
 
 
-def start_nodes(dep: Deployment) -> None:
-    """Start node0..node2, each with its own tiny model and partition."""
-    prebuild_models(dep.cache)
-    for i, (name, model) in enumerate(zip(NODES, MODELS, strict=True)):
-        start_node(dep, name, model, i)
+def start_nodes(dep: Deployment, models: tuple[str, ...] = MODELS) -> None:
+    """Start node0, node1, ..., one per model, each with its own tiny model and partition."""
+    prebuild_models(dep.cache, models)
+    for i, (name, model) in enumerate(zip(NODES, models, strict=False)):
+        start_node(dep, name, model, i, num_partitions=len(models))
 
 
-def start_node(dep: Deployment, name: str, model: str, partition: int, check: bool = True):
+def start_node(
+    dep: Deployment,
+    name: str,
+    model: str,
+    partition: int,
+    check: bool = True,
+    num_partitions: int = len(MODELS),
+):
     return dep.start_supernode(
         name,
         name,
         "--model-name", model,
         "--partition-id", str(partition),
-        "--num-partitions", str(len(MODELS)),
+        "--num-partitions", str(num_partitions),
         check=check,
     )  # fmt: skip
 
