@@ -156,18 +156,19 @@ def table_row(run: RunRecord) -> dict[str, Any]:
     """
     rows = run.rows
     last = rows[-1] if rows else {}
+    trained = [r for r in rows if r.get("round", 0) > 0]  # round 0 only evaluates
     row: dict[str, Any] = {
         "strategy": run.label,
         "status": "ok" if run.ok else "failed",
-        "rounds": len(rows),
+        "rounds": len(trained),
     }
     for key in ("rouge-l", "embed-sim", "nll"):
-        values = _values(rows, key)
+        values = _values(trained, key)
         row[f"{key}-final"] = float(last[key]) if _finite(last.get(key)) else None
         row[f"{key}-best"] = (min if key == "nll" else max)(values) if values else None
     total = last.get("bytes-cumulative") if _finite(last.get("bytes-cumulative")) else None
     row["bytes-total"] = total
-    row["bytes-per-round"] = total / len(rows) if total is not None else None
+    row["bytes-per-round"] = total / len(trained) if total is not None and trained else None
     for key in ("train", "generate"):
         row[f"{key}-seconds-per-round"] = _mean(_values(rows, f"max-{key}-seconds"))
     row["server-seconds-per-round"] = _mean(_values(rows, "server-seconds"))

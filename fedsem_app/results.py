@@ -69,8 +69,12 @@ def format_progress(row: Mapping[str, Any], num_rounds: int) -> str:
         f"[round {row['round']}/{num_rounds}] {quality or 'no evaluation'} | "
         f"down {human_bytes(row.get('bytes-down', 0))} up {human_bytes(row.get('bytes-up', 0))} "
         f"(total {human_bytes(row.get('bytes-cumulative', 0))}) | "
-        f"clients {row.get('train-replies', 0)} ok, {row.get('dropped-replies', 0)} dropped | "
-        f"{row.get('round-seconds', 0):.1f} s"
+        + (
+            f"clients {row.get('train-replies', 0)} ok, {row.get('dropped-replies', 0)} dropped | "
+            if row["round"] > 0
+            else f"before training: {row.get('eval-replies', 0)} clients evaluated | "
+        )
+        + f"{row.get('round-seconds', 0):.1f} s"
     )
 
 
@@ -220,7 +224,7 @@ class RunLog:
             if shares:
                 summary["pick-share"] = shares
             for key in QUALITY_KEYS:
-                values = [r[key] for r in self.rows if _finite(r.get(key))]
+                values = [r[key] for r in trained if _finite(r.get(key))]
                 if values:
                     summary[f"best-{key}"] = max(values)
             summary["bytes-total"] = last.get("bytes-cumulative", 0)

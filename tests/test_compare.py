@@ -211,7 +211,9 @@ def test_failure_reason_picks_the_exception_line():
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("flwr") is None, reason="flwr CLI not on PATH")
-def test_tiny_comparison_through_flwr_run(tmp_path):
+def test_tiny_comparison_through_flwr_run(tmp_path, flwr_env, monkeypatch):
+    for key in ("FLWR_HOME", "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "FLWR_LOCAL_CONTROL_API_PORT"):
+        monkeypatch.setenv(key, flwr_env[key])
     profile = tmp_path / "tiny.toml"
     profile.write_text(
         "num-server-rounds = 1\n"

@@ -1,10 +1,8 @@
 """One real `flwr run` of the quick profile (local simulation, three architectures)."""
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -37,7 +35,7 @@ def write_profile(base: Path, extra: dict, out: Path) -> Path:
 
 
 @pytest.mark.skipif(shutil.which("flwr") is None, reason="flwr CLI not on PATH")
-def test_quick_profile_runs_through_flwr_with_a_failing_client(tmp_path):
+def test_quick_profile_runs_through_flwr_with_a_failing_client(tmp_path, flwr_env):
     # A fourth node (partition 3, tiny-llama again) raises in every train round.
     profile = write_profile(
         ROOT / "conf" / "quick.toml",
@@ -49,8 +47,7 @@ def test_quick_profile_runs_through_flwr_with_a_failing_client(tmp_path):
         },
         tmp_path / "quick.toml",
     )
-    env = dict(os.environ, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env = flwr_env
     proc = subprocess.run(
         [
             "flwr",
@@ -73,12 +70,19 @@ def test_quick_profile_runs_through_flwr_with_a_failing_client(tmp_path):
     assert (folder / "summary.json").exists(), proc.stdout[-3000:]
 
     rows = json.loads((folder / "metrics.json").read_text())
-    assert [r["round"] for r in rows] == [1, 2]
+    assert [r["round"] for r in rows] == [0, 1, 2]  # round 0: before any training
+    assert rows[0]["eval-replies"] == 4 and 0.0 <= rows[0]["rouge-l"] <= 1.0
+    assert rows[0]["nll-low"] <= rows[0]["nll"] <= rows[0]["nll-high"]
+    rows = rows[1:]
     for row in rows:
         assert row["train-replies"] == 3 and row["dropped-replies"] == 1
         assert row["eval-replies"] == 4  # the failing node still evaluates
         assert row["bytes-up-train"] > 0 and row["bytes-down-evaluate"] > 0
         assert 0.0 <= row["rouge-l"] <= 1.0
+        assert 0.0 <= row["truncated-share"] <= 1.0
+        # three models, their pick-shares cover every labelled prompt
+        shares = [v for k, v in row.items() if k.startswith("pick-share-")]
+        assert len(shares) == 3 and abs(sum(shares) - 1.0) < 1e-9
     # Round 2 carries round 1's pseudo-labels, so it sends more than round 1.
     assert rows[1]["bytes-down-train"] > rows[0]["bytes-down-train"]
     samples = [json.loads(line) for line in (folder / "consensus_samples.jsonl").open()]
@@ -87,7 +91,13 @@ def test_quick_profile_runs_through_flwr_with_a_failing_client(tmp_path):
     assert json.loads((folder / "config.json").read_text())["model.names"] == (
         "tiny-llama,tiny-gpt2,tiny-qwen2"
     )
-    for plot in ("quality.png", "bytes.png"):
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["rounds"] == 2 and set(summary["gain-over-round-0"]) == {
+        "rouge-l",
+        "embed-sim",
+        "nll",
+    }
+    for plot in ("quality.png", "bytes.png", "pick_share.png"):
         assert (folder / plot).stat().st_size > 1000
     output = proc.stdout + proc.stderr
     assert "[round 2/2]" in output

@@ -62,11 +62,13 @@ class AppStrategy(FedAvg):
     Notes
     -----
     Subclasses set :attr:`name` and, if they average adapters,
-    ``needs_shared_model = True`` (the server then refuses mixed models).
+    ``needs_shared_model = True`` (the server then refuses mixed models);
+    ``evaluates_every_node = False`` where one node stands for the federation.
     """
 
     name: ClassVar[str] = ""
     needs_shared_model: ClassVar[bool] = False
+    evaluates_every_node: ClassVar[bool] = True
 
     def __init__(self, app: AppConfig, split: DataSplit, run_log: RunLog, **fedavg: Any) -> None:
         fedavg.setdefault("min_train_nodes", app.min_clients)
@@ -286,7 +288,20 @@ class AppStrategy(FedAvg):
         adapter otherwise.
         """
         self.run_log.start_round(0)
-        messages = self.configure_evaluate(0, arrays, ConfigRecord(), grid)
+        messages = list(self.configure_evaluate(0, arrays, ConfigRecord(), grid))
+        names = self.app.model.names
+        if len(messages) < len(names) and self.evaluates_every_node:
+            log(
+                WARNING,
+                "model.names lists %d clients (%s) but only %d nodes take part: the last %d "
+                "entries get no client. In simulation run one SuperNode per entry: "
+                "flwr run . --federation-config \"num-supernodes=%d\"",
+                len(names),
+                ",".join(names),
+                len(messages),
+                len(names) - len(messages),
+                len(names),
+            )
         replies = grid.send_and_receive(messages=messages, timeout=timeout)
         self.aggregate_evaluate(0, replies)
 

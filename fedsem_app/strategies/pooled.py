@@ -54,6 +54,7 @@ class Pooled(Local):
 
     name = "pooled"
     needs_shared_model = True
+    evaluates_every_node = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
