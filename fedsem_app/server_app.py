@@ -13,6 +13,7 @@ from fedsem_app.clients import check_model_name
 from fedsem_app.comm import MeteredGrid
 from fedsem_app.config import AppConfig, ConfigError, load_app_config
 from fedsem_app.data import load_split
+from fedsem_app.export import FinalAdapterWatch, run_config_record, write_final
 from fedsem_app.results import RunLog, make_run_folder
 from fedsem_app.strategies import get_strategy_class
 
@@ -105,7 +106,11 @@ def main(grid: Grid, context: Context) -> None:
         ", ".join(cfg.model.names),
         folder,
     )
-    run_log = RunLog(folder, cfg.to_flat(), cfg.num_server_rounds, meter.snapshot)
+    # Flower's run id goes with the results: `flwr ls` / `flwr log` find the run by it.
+    run_log = RunLog(
+        folder, {**cfg.to_flat(), "flwr-run-id": context.run_id}, cfg.num_server_rounds,
+        meter.snapshot,
+    )
 
     strategy = strategy_cls(cfg, split, run_log)
     arrays = (
@@ -113,12 +118,21 @@ def main(grid: Grid, context: Context) -> None:
         if checkpoint
         else strategy.initial_arrays()
     )
+    watch = FinalAdapterWatch(meter)  # notes where clients saved their final adapters
+    clients_export = len(arrays) == 0  # no global adapter: each client saves its own
+    result = None
     if strategy.first_round <= cfg.num_server_rounds:
-        strategy.start(
-            grid=meter,
+        result = strategy.start(
+            grid=watch,
             initial_arrays=arrays,
             num_rounds=cfg.num_server_rounds,
             timeout=cfg.round_timeout,
+            train_config=run_config_record(folder, cfg.num_server_rounds, clients_export),
+            evaluate_config=run_config_record(folder, cfg.num_server_rounds, clients_export),
         )
-    summary = run_log.finish({"strategy": cfg.strategy, "results": str(folder)})
+    summary = run_log.finish(
+        {"strategy": cfg.strategy, "results": str(folder), "flwr-run-id": context.run_id}
+    )
+    final_arrays = result.arrays if result is not None and len(result.arrays) else arrays
+    write_final(cfg, folder, summary, watch.reported, None if clients_export else final_arrays)
     log(INFO, "fedsem: done: %s", summary)

@@ -275,6 +275,37 @@ class CausalLMClient:
         self.eos_ids = sorted({tokenizer.eos_token_id, *generation_eos})
         self._initial_adapter = self.adapter_state()
 
+    @classmethod
+    def from_peft_model(
+        cls,
+        name: str,
+        model: peft.PeftModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        architecture: str,
+        device: str = "cpu",
+        template: str = "chat",
+    ) -> CausalLMClient:
+        """Wrap an already adapted model, e.g. ``PeftModel.from_pretrained`` of a saved one.
+
+        The client then generates and scores exactly as during the run that trained
+        the adapter; its "fresh" adapter (``set_adapter(None)``) is the loaded one.
+        """
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        format_prompt(tokenizer, "check", template)
+        client = cls.__new__(cls)
+        client.name, client.architecture = name, architecture
+        client.device, client.template, client.tokenizer = device, template, tokenizer
+        client.model = model.to(device).eval()
+        client.dtype = next(model.parameters()).dtype
+        generation_eos = model.generation_config.eos_token_id
+        if not isinstance(generation_eos, list):
+            generation_eos = [] if generation_eos is None else [generation_eos]
+        client.eos_ids = sorted({tokenizer.eos_token_id, *generation_eos})
+        client._initial_adapter = client.adapter_state()
+        return client
+
     def __repr__(self) -> str:
         return (
             f"CausalLMClient(name={self.name!r}, architecture={self.architecture!r}, "
