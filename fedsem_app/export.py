@@ -539,11 +539,14 @@ def write_final(
 
     A failure is logged, never raised: the run's results are already written.
     """
-    try:
-        if global_arrays is not None and len(global_arrays):
+    if global_arrays is not None and len(global_arrays):
+        try:
             target = export_global(cfg, global_arrays, folder, summary.get("final", {}))
             log(INFO, "fedsem: global adapter saved to %s", target)
+        except Exception as err:  # noqa: BLE001 - the run itself has succeeded
+            log(WARNING, "fedsem: global adapter not saved: %s", err)
+    try:
         final = write_index(folder, cfg, summary, reported)
         log(INFO, "fedsem: final adapters listed in %s", final / "README.md")
-    except Exception as err:  # noqa: BLE001 - the run itself has succeeded
-        log(WARNING, "fedsem: final adapters not (all) saved: %s", err)
+    except OSError as err:
+        log(WARNING, "fedsem: final/ index not written: %s", err)

@@ -168,3 +168,56 @@ def test_a_resumed_fedsem_run_continues_each_clients_adapter(fedsem_run, tmp_pat
         for key in resumed:
             np.testing.assert_array_equal(resumed[key], uninterrupted[key])
     assert not [f for f in (cache_dir / ADAPTER_CACHE).rglob("*") if f.is_file()]
+
+
+def test_a_finished_run_extended_by_a_resume_starts_from_the_saved_adapters(fedsem_run, cache_dir):
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from fedsem_app import protocol as p
+    from fedsem_app.client_app import _restore_adapter
+    from fedsem_app.clients import load_client
+    from fedsem_app.config import LoraConfig
+
+    folder, _ = fedsem_run
+    # The run is over: no cache file is left, only final/; a new run (new ids) goes on.
+    context = Context(run_id=77, node_id=5, node_config={"partition-id": 0, "num-partitions": 2},
+                      state=RecordDict(), run_config={})
+    config = ConfigRecord({p.RUN_FOLDER: str(folder), p.ROUND: 3, p.NUM_ROUNDS: 3})
+    msg = Message(RecordDict({p.TRAIN_CONFIG: config}), dst_node_id=5, message_type="train")
+    client = load_client("tiny-llama", LoraConfig(), device="cpu", cache_dir=cache_dir, seed=42)
+    _restore_adapter(client, msg, context, cache_dir)
+    restored = client.adapter_state()
+    saved = load_file(str(folder / "final" / "client-0" / "adapter_model.safetensors"))
+    assert restored.keys() == saved.keys()
+    for key in saved:
+        np.testing.assert_array_equal(restored[key], saved[key])
+    client.set_adapter(None)
+
+
+def test_fedavg_lora_saves_the_global_adapter_and_chat_uses_it(tmp_path, cache_dir, capsys):
+    from fedsem_app.checkpoint import read_checkpoint
+
+    cfg = run_config(tmp_path, cache_dir, **{
+        "strategy": "fedavg-lora", "model.names": "tiny-llama", "num-server-rounds": 1,
+    })
+    run_main(app, 2, cfg)
+    folder = tmp_path / "job"
+    assert sorted(f.name for f in (folder / "final").iterdir()) == [
+        "README.md", "global", "index.json"
+    ]
+    meta = json.loads((folder / "final" / "global" / "fedsem.json").read_text())
+    assert meta["partition-id"] is None and meta["strategy"] == "fedavg-lora"
+    assert "the federation's global adapter" in (folder / "final/global/README.md").read_text()
+    # The saved adapter is the averaged one the run ended with (its checkpoint's arrays).
+    saved = load_file(str(folder / "final" / "global" / "adapter_model.safetensors"))
+    arrays = read_checkpoint(folder).arrays
+    assert saved.keys() == set(arrays.keys())
+    for key in saved:
+        np.testing.assert_array_equal(saved[key], arrays[key].numpy())
+    # Clients save nothing of their own, and leave no cache file behind.
+    assert not [f for f in (cache_dir / ADAPTER_CACHE).rglob("*") if f.is_file()]
+    out = io.StringIO()
+    assert chat.main([str(folder), "--prompt", "How long does concrete cure?"], stdout=out) == 0
+    assert out.getvalue().endswith("\n")
+    assert chat.main([str(folder), "--client", "0", "--prompt", "x"]) == 2
+    assert "drop --client" in capsys.readouterr().err
