@@ -70,3 +70,39 @@ def test_a_family_outside_the_registry_trains_and_answers(family, tmp_path, cach
         assert len(texts) == 1 and confidences[0] <= 0
     finally:
         clear_client_cache()
+
+
+def test_the_gpu_profile_is_a_valid_run_config():
+    import tomllib
+    from pathlib import Path
+
+    from fedsem_app.config import load_app_config
+
+    profile = tomllib.loads((Path(__file__).parents[1] / "conf" / "gpu.toml").read_text())
+    flat = {f"{section}.{k}": v for section, keys in profile.items() for k, v in keys.items()}
+    cfg = load_app_config(flat)
+    assert cfg.model.device == "cuda" and cfg.gen.batch_size == 32
+    assert cfg.fedsem.prompts_per_round == 32 and cfg.train.max_seq_len == 256
+
+
+def test_hub_and_folder_models_load_in_the_devices_dtype_through_the_hf_cache(
+    cache_dir, monkeypatch
+):
+    from fedsem_app.clients import load_base_model, registry
+
+    tiny = load_client("tiny-llama", LoraConfig(), cache_dir=cache_dir)  # builds the folder
+    clear_client_cache()
+    calls = []
+    real = registry.AutoModelForCausalLM.from_pretrained
+
+    def spy(source, **kwargs):
+        calls.append(kwargs)
+        return real(source, **kwargs)
+
+    monkeypatch.setattr(registry.AutoModelForCausalLM, "from_pretrained", spy)
+    # As on a bf16 GPU: the weights come in bf16 straight away, no float32 copy first.
+    monkeypatch.setattr(registry, "_dtype_for", lambda device: torch.bfloat16)
+    model, _, architecture = load_base_model(str(cache_dir / "tiny-llama"), cache_dir, "cuda")
+    assert architecture == "llama" and tiny.architecture == "llama"
+    assert calls == [{"dtype": torch.bfloat16}]  # no private cache_dir: HF_HOME's cache
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
