@@ -63,6 +63,7 @@ MAY_CHANGE = frozenset(
         "model.cache-dir",
         "train.num-threads",
         "gen.batch-size",
+        "tracking",
     }
 )
 

@@ -32,9 +32,10 @@ from fedsem_app.energy import EnergyMeter
 from fedsem_app.evaluation import evaluate_client
 from fedsem_app.export import export_client, node_adapter_file, remember_run, saved_final_adapter
 from fedsem_app.faults import ADAPTER_MODES, TEXT_MODES, corrupt_adapter, corrupt_answers
+from fedsem_app.tracking import progress_mod
 from fedsem_app.wire import pack_texts, unpack_texts
 
-app = ClientApp()
+app = ClientApp(mods=[progress_mod])  # a log line per message: visible in flwr run --stream
 
 STATE_ADAPTER = "fedsem-adapter"  # key of this node's own adapter in context.state
 SERVER_TEXT_LIMIT = 256 * 2**20  # most bytes a compressed text list from the server may inflate to
