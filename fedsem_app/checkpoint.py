@@ -16,10 +16,12 @@ old one. ``state.json`` goes last and names its arrays file (with its sha256), a
 older arrays files are deleted only after it is in place, so a crash at any moment
 leaves either the previous complete checkpoint or the new one, never a mix.
 
-What is not in it: each client's own adapter, which the ClientApp keeps in its
-node state (fedsem, local, pooled). Flower gives every new run fresh node state,
-so after a resume those clients start from a fresh adapter; the server side
-(pseudo-labels, global adapter, metrics, bytes) continues where it stopped.
+What is not in it: each client's own adapter (fedsem, local, pooled). The client
+keeps that in its node state and, after every round, in a file of the model cache
+keyed by the run folder and its partition id (:func:`fedsem_app.export.node_adapter_file`):
+Flower gives a resumed run a new run id and fresh node state, but the same run
+folder, so each client goes on with its own adapter, and the server side
+(pseudo-labels, global adapter, metrics, bytes) where it stopped.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ MAY_CHANGE = frozenset(
         "model.cache-dir",
         "train.num-threads",
         "gen.batch-size",
+        "tracking",
     }
 )
 

@@ -30,10 +30,12 @@ from fedsem_app.config import (
 from fedsem_app.data import QAPair, load_node_private, load_partition
 from fedsem_app.energy import EnergyMeter
 from fedsem_app.evaluation import evaluate_client
+from fedsem_app.export import export_client, node_adapter_file, remember_run, saved_final_adapter
 from fedsem_app.faults import ADAPTER_MODES, TEXT_MODES, corrupt_adapter, corrupt_answers
+from fedsem_app.tracking import progress_mod
 from fedsem_app.wire import pack_texts, unpack_texts
 
-app = ClientApp()
+app = ClientApp(mods=[progress_mod])  # a log line per message: visible in flwr run --stream
 
 STATE_ADAPTER = "fedsem-adapter"  # key of this node's own adapter in context.state
 SERVER_TEXT_LIMIT = 256 * 2**20  # most bytes a compressed text list from the server may inflate to
@@ -53,6 +55,7 @@ def private_pairs(
 
 def _setup(context: Context, config: ConfigRecord):
     cfg = load_app_config(context.run_config)
+    remember_run(context, config)  # names the run for adapter_file, also after a resume
     try:
         node = load_node_config(context.node_config, cfg)
     except ConfigError as err:
@@ -79,9 +82,12 @@ def _setup(context: Context, config: ConfigRecord):
 
 
 def adapter_file(cache_dir: Path, context: Context, model_name: str) -> Path:
-    """Where this node keeps its own adapter of ``model_name`` on disk for this run."""
-    model = model_name.strip("/").replace("/", "--")
-    return cache_dir / "_adapters" / f"run-{context.run_id}" / f"node-{context.node_id}-{model}.npz"
+    """Where this node keeps its own adapter of ``model_name`` on disk for this run.
+
+    Keyed by the run folder and partition id, not Flower's run and node ids, which
+    change when a run is resumed (see :func:`fedsem_app.export.node_adapter_file`).
+    """
+    return node_adapter_file(cache_dir, context, model_name)
 
 
 def _save_adapter(state: dict[str, np.ndarray], path: Path) -> None:
@@ -95,9 +101,11 @@ def _save_adapter(state: dict[str, np.ndarray], path: Path) -> None:
 
 def _restore_adapter(client, msg: Message, context: Context, cache_dir: Path) -> None:
     # A global adapter sent by the server wins; otherwise this node's own one, from
-    # memory, else from disk (after a SuperNode restart), else a fresh one.
+    # memory, else from disk (after a SuperNode restart or a resume), else the one it
+    # saved when the run ended (a finished run extended by a resume), else a fresh one.
     sent = msg.content.get(p.ADAPTER)
     saved = adapter_file(cache_dir, context, client.name)
+    config = msg.content.get(p.TRAIN_CONFIG, ConfigRecord())
     if isinstance(sent, ArrayRecord) and len(sent) > 0:
         client.set_adapter({k: v.numpy() for k, v in sent.items()})
     elif STATE_ADAPTER in context.state:
@@ -105,8 +113,14 @@ def _restore_adapter(client, msg: Message, context: Context, cache_dir: Path) ->
     elif saved.is_file():
         with np.load(saved) as arrays:
             client.set_adapter({k: arrays[k] for k in arrays.files})
+    elif (final := saved_final_adapter(config, context, _partition(context))) is not None:
+        client.set_adapter(final)
     else:
         client.set_adapter(None)
+
+
+def _partition(context: Context) -> int:
+    return int(context.node_config.get("partition-id", 0))
 
 
 def _adapter_record(state: dict[str, np.ndarray]) -> ArrayRecord:
@@ -214,7 +228,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the current model (global adapter if sent, else its own) on the test prompts."""
     meter = EnergyMeter.start()
-    cfg, node, client = _setup(context, msg.content.get(p.TRAIN_CONFIG, ConfigRecord()))
+    config = msg.content.get(p.TRAIN_CONFIG, ConfigRecord())
+    cfg, node, client = _setup(context, config)
     _restore_adapter(client, msg, context, cfg.model.cache_path)
     test = _qa(msg.content.get(p.TEST))
     if not test:
@@ -228,6 +243,11 @@ def evaluate(msg: Message, context: Context) -> Message:
         device=client.device,
         generate=cfg.eval.generate,
     )
+    info = _info(cfg, node)
+    # After the last round: the client's own adapter goes to final/ (text strategies).
+    final = export_client(client, cfg, context, config, node.partition_id, metrics)
+    if final:
+        info[p.FINAL_ADAPTER] = final
     metrics.update(meter.stop().as_metrics())
-    content = RecordDict({p.METRICS: MetricRecord(metrics), p.INFO: _info(cfg, node)})
+    content = RecordDict({p.METRICS: MetricRecord(metrics), p.INFO: info})
     return Message(content=content, reply_to=msg)

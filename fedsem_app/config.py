@@ -322,9 +322,14 @@ class AppConfig:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
+    # Where each round's metrics go besides the run folder (fedsem_app.tracking).
+    tracking: str = "none"
 
     def __post_init__(self) -> None:
         _check(self.num_server_rounds > 0, "num-server-rounds", "must be a positive integer")
+        from fedsem_app.tracking import TRACKERS
+
+        _check_choice(self.tracking, TRACKERS, "tracking")
         _check(self.min_clients > 0, "min-clients", "must be a positive integer")
         _check(self.round_timeout > 0, "round-timeout", "must be positive (seconds)")
 

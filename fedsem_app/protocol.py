@@ -53,3 +53,9 @@ GPU_JOULES = "gpu-joules"  # NVML energy of the handler; sent only where measure
 # --- message types --------------------------------------------------------------
 TRAIN = "train"
 EVALUATE = "evaluate"
+
+# --- run bookkeeping the server adds to every train/evaluate config (fedsem_app.export)
+RUN_FOLDER = "run-folder"  # the server's absolute run folder: names the run across resumes
+NUM_ROUNDS = "num-server-rounds"  # the run's total, so a client knows its last round
+CLIENT_EXPORT = "export-client-adapters"  # true: clients save their own final adapter
+FINAL_ADAPTER = "final-adapter"  # INFO field of a reply: where the client saved it

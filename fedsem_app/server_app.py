@@ -13,8 +13,10 @@ from fedsem_app.clients import check_model_name
 from fedsem_app.comm import MeteredGrid
 from fedsem_app.config import AppConfig, ConfigError, load_app_config
 from fedsem_app.data import load_split
+from fedsem_app.export import FinalAdapterWatch, run_config_record, write_final
 from fedsem_app.results import RunLog, make_run_folder
 from fedsem_app.strategies import get_strategy_class
+from fedsem_app.tracking import open_tracker, tracked
 
 app = ServerApp()
 
@@ -84,6 +86,32 @@ def resume_run(checkpoint: Checkpoint, cfg: AppConfig, meter, run_log, strategy)
     return checkpoint.arrays if checkpoint.arrays is not None else strategy.initial_arrays()
 
 
+def run_rounds(strategy, cfg: AppConfig, grid: Grid, folder, arrays: ArrayRecord):
+    """Run the rounds that are left, telling every client the run folder and its length.
+
+    Returns
+    -------
+    tuple
+        The global arrays the run ended with (None for strategies whose clients keep
+        their own adapters: they save them themselves) and, by node id, where clients
+        reported their saved final adapters.
+    """
+    watch = FinalAdapterWatch(grid)
+    clients_export = len(arrays) == 0  # no global adapter: each client saves its own
+    if strategy.first_round <= cfg.num_server_rounds:
+        result = strategy.start(
+            grid=watch,
+            initial_arrays=arrays,
+            num_rounds=cfg.num_server_rounds,
+            timeout=cfg.round_timeout,
+            train_config=run_config_record(folder, cfg.num_server_rounds, clients_export),
+            evaluate_config=run_config_record(folder, cfg.num_server_rounds, clients_export),
+        )
+        if len(result.arrays):
+            arrays = result.arrays
+    return (None if clients_export else arrays), watch.reported
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run one federated job end to end (or resume one) and write its results folder."""
@@ -105,7 +133,10 @@ def main(grid: Grid, context: Context) -> None:
         ", ".join(cfg.model.names),
         folder,
     )
-    run_log = RunLog(folder, cfg.to_flat(), cfg.num_server_rounds, meter.snapshot)
+    # Flower's run id goes with the results: `flwr ls` / `flwr log` find the run by it.
+    flat = {**cfg.to_flat(), "flwr-run-id": context.run_id}
+    tracker = open_tracker(cfg.tracking, folder)
+    run_log = tracked(RunLog(folder, flat, cfg.num_server_rounds, meter.snapshot), tracker)
 
     strategy = strategy_cls(cfg, split, run_log)
     arrays = (
@@ -113,12 +144,10 @@ def main(grid: Grid, context: Context) -> None:
         if checkpoint
         else strategy.initial_arrays()
     )
-    if strategy.first_round <= cfg.num_server_rounds:
-        strategy.start(
-            grid=meter,
-            initial_arrays=arrays,
-            num_rounds=cfg.num_server_rounds,
-            timeout=cfg.round_timeout,
-        )
-    summary = run_log.finish({"strategy": cfg.strategy, "results": str(folder)})
+    global_arrays, reported = run_rounds(strategy, cfg, meter, folder, arrays)
+    summary = run_log.finish(
+        {"strategy": cfg.strategy, "results": str(folder), "flwr-run-id": context.run_id}
+    )
+    write_final(cfg, folder, summary, reported, global_arrays)
+    tracker.close()
     log(INFO, "fedsem: done: %s", summary)

@@ -138,15 +138,16 @@ def fedsem_clients():
 
 
 def test_fedsem_stopped_after_round_2_resumes_like_an_uninterrupted_run(tmp_path, caplog):
-    # Prepare: one run straight through, one that dies in round 3's evaluation
+    # Prepare: one run straight through, one that dies in round 3's evaluation. Folder
+    # names of equal length: every message names the run folder, so bytes depend on it.
     through_cfg = {**BASE, "results-dir": str(tmp_path / "through")}
-    crash_cfg = {**BASE, "results-dir": str(tmp_path / "crash")}
+    crash_cfg = {**BASE, "results-dir": str(tmp_path / "stopped")}
     app, _ = scripted_client(fedsem_clients())
     through_grid = run_main(app, 3, through_cfg)
     app, _ = scripted_client(fedsem_clients())
     with pytest.raises(SimulatedCrash):
         run_main(app, 3, crash_cfg, crash_on_call=ROUND_3_EVALUATE)
-    folder = tmp_path / "crash" / "job"
+    folder = tmp_path / "stopped" / "job"
     checkpoint = read_checkpoint(folder)
     assert checkpoint.round == 2 and checkpoint.arrays is None
     assert not (folder / "summary.json").exists()
@@ -231,13 +232,14 @@ def lora_client():
 
 def test_fedavg_lora_resumes_from_the_byte_identical_global_adapter(tmp_path, monkeypatch):
     monkeypatch.setattr(FedAvgLora, "initial_arrays", lambda self: ArrayRecord({"w": Array(START)}))
-    base = {**BASE, "strategy": "fedavg-lora"}
+    # The server saves the final global adapter through the model: keep it in tmp_path.
+    base = {**BASE, "strategy": "fedavg-lora", "model.cache-dir": str(tmp_path / "models")}
     through_cfg = {**base, "results-dir": str(tmp_path / "through")}
-    crash_cfg = {**base, "results-dir": str(tmp_path / "crash")}
+    crash_cfg = {**base, "results-dir": str(tmp_path / "stopped")}
     through_grid = run_main(lora_client(), 2, through_cfg)
     with pytest.raises(SimulatedCrash):
         run_main(lora_client(), 2, crash_cfg, crash_on_call=ROUND_3_EVALUATE)
-    folder = tmp_path / "crash" / "job"
+    folder = tmp_path / "stopped" / "job"
     checkpoint = read_checkpoint(folder)
     # The global adapter after round 2 is what the uninterrupted run sent in round 3.
     expected = train_contents(through_grid, 3)[0][p.ADAPTER]["w"]

@@ -151,7 +151,8 @@ def test_a_restarted_node_finds_its_adapter_on_disk(tmp_path, cache_dir):
     ctx = grid._grid.contexts[1]
     trained = {k: v.numpy() for k, v in ctx.state[STATE_ADAPTER].items()}
     path = adapter_file(cache_dir, ctx, "tiny-llama")
-    assert path == cache_dir / "_adapters" / f"run-{ctx.run_id}" / "node-1-tiny-llama.npz"
+    # No run folder named (the strategy ran without the server): keyed by the run id.
+    assert path == cache_dir / "_adapters" / f"run-{ctx.run_id}" / "partition-0-tiny-llama.npz"
     assert path.is_file()
     # A restarted SuperNode: same run and node, empty in-memory state.
     restarted = Context(

@@ -99,6 +99,13 @@ def test_quick_profile_runs_through_flwr_with_a_failing_client(tmp_path, flwr_en
     }
     for plot in ("quality.png", "bytes.png", "pick_share.png"):
         assert (folder / plot).stat().st_size > 1000
+    # Every client saved its own final adapter into the run folder the server named.
+    index = json.loads((folder / "final" / "index.json").read_text())
+    assert [e["folder"] for e in index["adapters"]] == [f"client-{i}" for i in range(4)]
+    assert [e["model-name"] for e in index["adapters"]] == [
+        "tiny-llama", "tiny-gpt2", "tiny-qwen2", "tiny-llama"
+    ]
+    assert (folder / "final" / "client-2" / "adapter_model.safetensors").is_file()
     output = proc.stdout + proc.stderr
     assert "[round 2/2]" in output
     assert "partition-id 3: injected fault (fault.mode='raise')" in output

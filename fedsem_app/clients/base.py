@@ -7,11 +7,13 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from logging import INFO
 
 import numpy as np
 import peft
 import torch
 import torch.nn.functional as F
+from flwr.common.logger import log
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from transformers import GenerationConfig as HFGenerationConfig
 from transformers import (
@@ -25,9 +27,11 @@ from fedsem_app.clients.templates import format_prompt
 from fedsem_app.config import GenerationConfig, LoraConfig, TrainConfig
 
 IGNORE_INDEX = -100  # label value that the loss skips (prompt and padding positions)
+ALL_LINEAR = "all-linear"  # peft's shorthand: every linear layer except the output head
 
 # Default LoRA targets per architecture: all attention projections. Architectures not
-# listed fall back to peft's own mapping.
+# listed fall back to peft's own mapping, and families peft does not know either to
+# every linear layer but the output head (peft's "all-linear").
 LORA_TARGET_MODULES: dict[str, list[str]] = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -55,10 +59,12 @@ def make_peft_config(lora: LoraConfig, architecture: str) -> peft.LoraConfig:
     architecture
         Model family, used to pick default target modules.
 
-    Raises
-    ------
-    ValueError
-        If no target modules are given and none are known for ``architecture``.
+    Notes
+    -----
+    Without ``lora.target-modules`` the targets are, in this order: the app's defaults
+    (:data:`LORA_TARGET_MODULES`), peft's own per-family mapping, and for a family
+    neither knows, every linear layer but the output head (``"all-linear"``). Any
+    causal LM thus trains without naming its modules; the client logs which it adapted.
 
     """
     if lora.target_modules:
@@ -68,10 +74,7 @@ def make_peft_config(lora: LoraConfig, architecture: str) -> peft.LoraConfig:
     elif architecture in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
         targets = None  # peft picks its own default for this model type
     else:
-        raise ValueError(
-            f"no default LoRA target modules for architecture {architecture!r}; set "
-            "lora.target-modules to comma-separated module names (e.g. 'q_proj,v_proj')"
-        )
+        targets = ALL_LINEAR
     return peft.LoraConfig(
         task_type=peft.TaskType.CAUSAL_LM,
         r=lora.rank,
@@ -80,6 +83,11 @@ def make_peft_config(lora: LoraConfig, architecture: str) -> peft.LoraConfig:
         target_modules=targets,
         **LORA_EXTRA_KWARGS.get(architecture, {}),
     )
+
+
+def adapted_module_kinds(model: peft.PeftModel) -> list[str]:
+    """Sorted last name parts of the modules LoRA adapted (``q_proj``, ``c_attn``, ...)."""
+    return sorted({name.rsplit(".", 1)[-1] for name in model.targeted_module_names})
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -326,11 +334,49 @@ class CausalLMClient:
             self.model = peft.get_peft_model(model, peft_config)
         self.model.to(device)
         self.model.eval()
+        log(
+            INFO,
+            "%s (%s): LoRA on %s",
+            name,
+            architecture,
+            ", ".join(adapted_module_kinds(self.model)) or "no modules",
+        )
         generation_eos = model.generation_config.eos_token_id
         if not isinstance(generation_eos, list):
             generation_eos = [] if generation_eos is None else [generation_eos]
         self.eos_ids = sorted({tokenizer.eos_token_id, *generation_eos})
         self._initial_adapter = self.adapter_state()
+
+    @classmethod
+    def from_peft_model(
+        cls,
+        name: str,
+        model: peft.PeftModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        architecture: str,
+        device: str = "cpu",
+        template: str = "chat",
+    ) -> CausalLMClient:
+        """Wrap an already adapted model, e.g. ``PeftModel.from_pretrained`` of a saved one.
+
+        The client then generates and scores exactly as during the run that trained
+        the adapter; its "fresh" adapter (``set_adapter(None)``) is the loaded one.
+        """
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        format_prompt(tokenizer, "check", template)
+        client = cls.__new__(cls)
+        client.name, client.architecture = name, architecture
+        client.device, client.template, client.tokenizer = device, template, tokenizer
+        client.model = model.to(device).eval()
+        client.dtype = next(model.parameters()).dtype
+        generation_eos = model.generation_config.eos_token_id
+        if not isinstance(generation_eos, list):
+            generation_eos = [] if generation_eos is None else [generation_eos]
+        client.eos_ids = sorted({tokenizer.eos_token_id, *generation_eos})
+        client._initial_adapter = client.adapter_state()
+        return client
 
     def __repr__(self) -> str:
         return (

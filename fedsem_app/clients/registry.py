@@ -160,14 +160,19 @@ def build_cached_folder(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
-def _load_pretrained(name: str, cache_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load an unregistered local folder or hub id with the Auto classes."""
+def _load_pretrained(
+    name: str, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load an unregistered local folder or hub id with the Auto classes.
+
+    Hub downloads go through the Hugging Face cache (``HF_HOME``), shared with every
+    other tool on the machine, and the weights load straight in ``dtype`` (bfloat16
+    on a GPU): a float32 copy first would double the memory peak.
+    """
     source = str(Path(name).expanduser()) if _is_local_folder(name) else name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, cache_dir=cache_dir / "hub")
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch.float32, cache_dir=cache_dir / "hub"
-        )
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except Exception as err:  # hub/network/format errors come in many types
         raise RuntimeError(
             f"cannot load model {name!r} with AutoModelForCausalLM: {err}. A hub id needs "
@@ -175,6 +180,27 @@ def _load_pretrained(name: str, cache_dir: Path) -> tuple[PreTrainedModel, PreTr
             f"{', '.join(available_models())}"
         ) from err
     return model, tokenizer
+
+
+def load_base_model(
+    model_name: str, cache_dir: Path, device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """Load a base model (no adapter) in the dtype its device uses.
+
+    Returns
+    -------
+    tuple
+        The model (on the CPU, in bfloat16 where ``device`` is a bf16 GPU, else
+        float32), its tokenizer and its architecture (model family).
+    """
+    check_model_name(model_name)
+    dtype = _dtype_for(device)
+    spec = MODEL_REGISTRY.get(model_name)
+    if spec is not None:
+        model, tokenizer = spec.builder(Path(cache_dir).expanduser())
+        return model.to(dtype), tokenizer, spec.architecture
+    model, tokenizer = _load_pretrained(model_name, dtype)
+    return model, tokenizer, model.config.model_type
 
 
 def resolve_device(device: str) -> str:
@@ -193,7 +219,13 @@ def resolve_device(device: str) -> str:
             return "mps"
         return "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'auto'")
+        raise ValueError(
+            f"device {device!r} requested but CUDA is not available in this process. In a Flower "
+            "simulation give each client a GPU share: --federation-config "
+            '"client-resources-num-gpus=0.5" (without it Ray hides the GPUs from the '
+            "clients); on a SuperNode check CUDA_VISIBLE_DEVICES and the torch build; "
+            "or use model.device='auto'"
+        )
     if device == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' requested but MPS is not available; use 'auto'")
     return device
@@ -277,17 +309,10 @@ def load_client(
     key = (model_name, device, lora, template, seed)
     if key in _CLIENT_CACHE:
         return _CLIENT_CACHE[key]
-    cache_dir = Path(cache_dir).expanduser()
-    spec = MODEL_REGISTRY.get(model_name)
-    if spec is not None:
-        model, tokenizer = spec.builder(cache_dir)
-        architecture = spec.architecture
-    else:
-        model, tokenizer = _load_pretrained(model_name, cache_dir)
-        architecture = model.config.model_type
+    model, tokenizer, architecture = load_base_model(model_name, cache_dir, device)
     client = CausalLMClient(
         model_name,
-        model.to(_dtype_for(device)),
+        model,
         tokenizer,
         lora,
         architecture=architecture,

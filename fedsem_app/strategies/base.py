@@ -261,7 +261,7 @@ class AppStrategy(FedAvg):
         """
         offset = self.first_round - 1
         if offset == 0:
-            self.evaluate_round_zero(grid, initial_arrays, timeout)
+            self.evaluate_round_zero(grid, initial_arrays, timeout, evaluate_config)
         shifted = RoundShift(self, offset, self.save_checkpoint)
         if evaluate_fn is not None:
             unshifted = evaluate_fn
@@ -280,7 +280,13 @@ class AppStrategy(FedAvg):
         )
         return shift_result(result, offset)
 
-    def evaluate_round_zero(self, grid: Grid, arrays: ArrayRecord, timeout: float) -> None:
+    def evaluate_round_zero(
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        timeout: float,
+        config: ConfigRecord | None = None,
+    ) -> None:
         """Evaluate the untrained models (round 0): the baseline every gain is measured from.
 
         The same evaluate messages as every later round, before any training: the
@@ -288,7 +294,8 @@ class AppStrategy(FedAvg):
         adapter otherwise.
         """
         self.run_log.start_round(0)
-        messages = list(self.configure_evaluate(0, arrays, ConfigRecord(), grid))
+        config = ConfigRecord(dict(config)) if config is not None else ConfigRecord()
+        messages = list(self.configure_evaluate(0, arrays, config, grid))
         names = self.app.model.names
         if len(messages) < len(names) and self.evaluates_every_node:
             log(
