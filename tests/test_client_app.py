@@ -136,7 +136,7 @@ def test_adversarial_client_sends_its_text_and_zlib_changes_no_consensus(tmp_pat
     assert [r["agreement-mean"] for r in packed_log.rows[1:]] == [
         r["agreement-mean"] for r in plain_log.rows[1:]
     ]
-    sent = plain_grid._grid.sent[0].content
+    sent = next(m for m in plain_grid._grid.sent if m.metadata.message_type == p.TRAIN).content
     assert p.TEXTS in sent[p.PSEUDO] or len(sent[p.PSEUDO][p.IDS]) == 0
 
 
