@@ -20,7 +20,7 @@ from fedsem_app.export import ADAPTER_CACHE
 from tests.test_checkpoint import CrashingGrid, SimulatedCrash, run_main
 
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md", "fedsem.json"}
-ROUND_2_TRAIN = 3  # r1 train, r1 eval, r2 train
+ROUND_2_TRAIN = 4  # r0 eval, r1 train, r1 eval, r2 train
 
 
 @pytest.fixture(scope="module")
