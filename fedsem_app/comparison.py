@@ -494,6 +494,7 @@ def plot_seeds(runs: Sequence[RunRecord], path: Path, metrics: Sequence[str] = (
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     metrics = [m for m in metrics if any(_values(r.rows, m) for r in runs)]
     if not metrics:
@@ -523,6 +524,7 @@ def plot_seeds(runs: Sequence[RunRecord], path: Path, metrics: Sequence[str] = (
                 alpha=0.15,
             )
         ax.set_xlabel("round (0 = before training)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric + (" (lower is better)" if metric == "nll" else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
