@@ -526,6 +526,7 @@ class CausalLMClient:
             start_params = [p.detach().clone() for p in params] if proximal_mu > 0 else []
             optimizer = torch.optim.AdamW(params, lr=settings.learning_rate)
             pad_id = self.tokenizer.pad_token_id
+            log_every = max(1, steps // 4)
             self.model.train()
             try:
                 with self._seeded(seed):
@@ -534,6 +535,16 @@ class CausalLMClient:
                         with self._autocast():
                             loss = self.model(**self._to_device(batch)).loss
                         losses.append(float(loss.detach()))  # the task loss, without the term
+                        if len(losses) % log_every == 0 or len(losses) == steps:
+                            # A few lines a call: progress without flooding `flwr log`.
+                            log(
+                                INFO,
+                                "%s: step %d/%d, train loss %.4f",
+                                self.name,
+                                len(losses),
+                                steps,
+                                float(np.mean(losses[-log_every:])),
+                            )
                         if start_params:
                             drift = sum(
                                 (w - w0).pow(2).sum()
