@@ -60,9 +60,11 @@ def pick_adapter(run_folder: Path, client: int | None = None) -> Path:
     if wanted in folders:
         return wanted
     names = ", ".join(f.name for f in folders)
-    hint = " (a parameter strategy saves one global adapter: drop --client)" if (
-        [f.name for f in folders] == [GLOBAL_NAME]
-    ) else ""
+    hint = (
+        " (a parameter strategy saves one global adapter: drop --client)"
+        if ([f.name for f in folders] == [GLOBAL_NAME])
+        else ""
+    )
     raise ChatError(f"no adapter of client {client} in {run_folder}; there are: {names}{hint}")
 
 

@@ -191,9 +191,7 @@ def data_description(cfg: AppConfig) -> tuple[str, str]:
     """The data a run trained on and its licence, as far as the app knows it."""
     if cfg.data.path:
         return f"file `{cfg.data.path}`", "as stated by the file's owner (not known to fedsem)"
-    licence = DATA_LICENCES.get(
-        cfg.data.name, "see the dataset's own card (not known to fedsem)"
-    )
+    licence = DATA_LICENCES.get(cfg.data.name, "see the dataset's own card (not known to fedsem)")
     return f"`{cfg.data.name}`", licence
 
 
@@ -216,9 +214,7 @@ def model_card(meta: Mapping[str, Any], cfg: AppConfig, metrics: Mapping[str, An
         if meta.get("partition-id") is None
         else f"the own adapter of client {meta['partition-id']} (node {meta.get('node-id')})"
     )
-    rows = "\n".join(
-        f"| {k} | {float(metrics[k]):.4f} |" for k in CARD_METRICS if k in metrics
-    )
+    rows = "\n".join(f"| {k} | {float(metrics[k]):.4f} |" for k in CARD_METRICS if k in metrics)
     metrics_table = (
         f"| metric | value |\n|---|---:|\n{rows}" if rows else "No evaluation was recorded."
     )
@@ -492,8 +488,13 @@ def write_index(
     for node_id, where in sorted(reported.items()):
         if where["path"] not in local:
             entries.append(
-                {"folder": "", "path": where["path"], "model-name": where["model"],
-                 "node-id": node_id, "elsewhere": True}
+                {
+                    "folder": "",
+                    "path": where["path"],
+                    "model-name": where["model"],
+                    "node-id": node_id,
+                    "elsewhere": True,
+                }
             )
     index = {
         "strategy": cfg.strategy,

@@ -104,8 +104,12 @@ def open_tracker(name: str, folder: Path) -> Tracker:
         )
         return NoTracker()
     if isinstance(tracker, TensorBoardTracker):
-        log(INFO, "fedsem: TensorBoard events in %s (tensorboard --logdir %s)", tracker.folder,
-            tracker.folder)
+        log(
+            INFO,
+            "fedsem: TensorBoard events in %s (tensorboard --logdir %s)",
+            tracker.folder,
+            tracker.folder,
+        )
     return tracker
 
 
@@ -146,8 +150,9 @@ def describe_request(msg) -> str:
             parts.append(f"then generating {len(public[p.IDS])} answers")
     else:
         test = msg.content.get(p.TEST)
-        parts.append(f"evaluating on {len(test.get(p.IDS, [])) if test is not None else 0} "
-                     "test prompts")
+        parts.append(
+            f"evaluating on {len(test.get(p.IDS, [])) if test is not None else 0} test prompts"
+        )
     return ", ".join(parts)
 
 

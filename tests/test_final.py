@@ -153,14 +153,26 @@ def test_a_resumed_fedsem_run_continues_each_clients_adapter(fedsem_run, tmp_pat
     assert cached == ["partition-0-tiny-llama.npz", "partition-1-tiny-gpt2.npz"]
     # The resumed run: a new Flower run id, fresh node state, and the partitions on
     # swapped node ids, as a new simulation may hand them out.
-    grid = CrashingGrid(app, 2, {**cfg, "resume-from": str(folder)},
-                        node_configs=[{"partition-id": 1}, {"partition-id": 0}])
+    grid = CrashingGrid(
+        app,
+        2,
+        {**cfg, "resume-from": str(folder)},
+        node_configs=[{"partition-id": 1}, {"partition-id": 0}],
+    )
     from flwr.app import Context, RecordDict
 
     from fedsem_app.server_app import main
 
-    main(grid, Context(run_id=9, node_id=0, node_config={}, state=RecordDict(),
-                       run_config={**cfg, "resume-from": str(folder)}))
+    main(
+        grid,
+        Context(
+            run_id=9,
+            node_id=0,
+            node_config={},
+            state=RecordDict(),
+            run_config={**cfg, "resume-from": str(folder)},
+        ),
+    )
     for partition in (0, 1):
         name = f"final/client-{partition}/adapter_model.safetensors"
         resumed, uninterrupted = load_file(str(folder / name)), load_file(str(through / name))
@@ -180,8 +192,13 @@ def test_a_finished_run_extended_by_a_resume_starts_from_the_saved_adapters(feds
 
     folder, _ = fedsem_run
     # The run is over: no cache file is left, only final/; a new run (new ids) goes on.
-    context = Context(run_id=77, node_id=5, node_config={"partition-id": 0, "num-partitions": 2},
-                      state=RecordDict(), run_config={})
+    context = Context(
+        run_id=77,
+        node_id=5,
+        node_config={"partition-id": 0, "num-partitions": 2},
+        state=RecordDict(),
+        run_config={},
+    )
     config = ConfigRecord({p.RUN_FOLDER: str(folder), p.ROUND: 3, p.NUM_ROUNDS: 3})
     msg = Message(RecordDict({p.TRAIN_CONFIG: config}), dst_node_id=5, message_type="train")
     client = load_client("tiny-llama", LoraConfig(), device="cpu", cache_dir=cache_dir, seed=42)
@@ -197,13 +214,21 @@ def test_a_finished_run_extended_by_a_resume_starts_from_the_saved_adapters(feds
 def test_fedavg_lora_saves_the_global_adapter_and_chat_uses_it(tmp_path, cache_dir, capsys):
     from fedsem_app.checkpoint import read_checkpoint
 
-    cfg = run_config(tmp_path, cache_dir, **{
-        "strategy": "fedavg-lora", "model.names": "tiny-llama", "num-server-rounds": 1,
-    })
+    cfg = run_config(
+        tmp_path,
+        cache_dir,
+        **{
+            "strategy": "fedavg-lora",
+            "model.names": "tiny-llama",
+            "num-server-rounds": 1,
+        },
+    )
     run_main(app, 2, cfg)
     folder = tmp_path / "job"
     assert sorted(f.name for f in (folder / "final").iterdir()) == [
-        "README.md", "global", "index.json"
+        "README.md",
+        "global",
+        "index.json",
     ]
     meta = json.loads((folder / "final" / "global" / "fedsem.json").read_text())
     assert meta["partition-id"] is None and meta["strategy"] == "fedavg-lora"

@@ -103,7 +103,10 @@ def test_quick_profile_runs_through_flwr_with_a_failing_client(tmp_path, flwr_en
     index = json.loads((folder / "final" / "index.json").read_text())
     assert [e["folder"] for e in index["adapters"]] == [f"client-{i}" for i in range(4)]
     assert [e["model-name"] for e in index["adapters"]] == [
-        "tiny-llama", "tiny-gpt2", "tiny-qwen2", "tiny-llama"
+        "tiny-llama",
+        "tiny-gpt2",
+        "tiny-qwen2",
+        "tiny-llama",
     ]
     assert (folder / "final" / "client-2" / "adapter_model.safetensors").is_file()
     output = proc.stdout + proc.stderr

@@ -76,8 +76,9 @@ def test_client_progress_lines_say_what_each_message_does(caplog):
 
     with caplog.at_level(logging.INFO):
         progress_mod(train, Ctx(), handler)
-        evaluate = message("evaluate", config=ConfigRecord({p.ROUND: 3}),
-                           test=ConfigRecord({p.IDS: [1, 2]}))
+        evaluate = message(
+            "evaluate", config=ConfigRecord({p.ROUND: 3}), test=ConfigRecord({p.IDS: [1, 2]})
+        )
         metrics = {p.ROUGE_L: 0.5, p.EMBED_SIM: 0.25, p.NLL: 2.0, p.EVAL_SECONDS: 1.0}
         progress_mod(evaluate, Ctx(), handler)
         progress_mod(train, Ctx(), lambda m, c: Message(Error(1, "boom"), reply_to=m))

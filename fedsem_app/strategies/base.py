@@ -302,7 +302,7 @@ class AppStrategy(FedAvg):
                 WARNING,
                 "model.names lists %d clients (%s) but only %d nodes take part: the last %d "
                 "entries get no client. In simulation run one SuperNode per entry: "
-                "flwr run . --federation-config \"num-supernodes=%d\"",
+                'flwr run . --federation-config "num-supernodes=%d"',
                 len(names),
                 ",".join(names),
                 len(messages),
