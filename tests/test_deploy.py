@@ -364,7 +364,9 @@ def test_two_fedsem_rounds_on_three_authenticated_supernodes(deployment):
     assert (folder / "summary.json").exists(), output + all_logs(dep)
     assert "[round 2/2]" in proc.stdout + proc.stderr
     rows = json.loads((folder / "metrics.json").read_text())
-    assert [r["round"] for r in rows] == [1, 2]
+    assert [r["round"] for r in rows] == [0, 1, 2]  # round 0: evaluation before training
+    assert rows[0]["eval-replies"] == 3, rows[0]
+    rows = rows[1:]
     for row in rows:
         assert row["train-replies"] == 3 and row["eval-replies"] == 3, row
         assert row["dropped-replies"] == 0
@@ -453,7 +455,8 @@ def test_run_survives_a_node_dying_mid_round_and_misconfigured_nodes(deployment)
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
     folder = dep.base / "runs" / "faults"
     rows = json.loads((folder / "metrics.json").read_text())
-    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    rows = rows[1:]  # round 0 only evaluates
     assert rows[0]["train-replies"] == 2 and rows[0]["dropped-replies"] == 3, rows[0]
     # The dead node's message is answered by the SuperLink; each bad node's reply names
     # the node (its id in the server's line, its partition in the error) and the value.
