@@ -205,6 +205,7 @@ class FedSem(AppStrategy):
         super().__init__(*args, **kwargs)
         self.pseudo_labels: list[QAPair] = []
         self.unfinished: set[int] = set()  # ids of pseudo-labels cut at the length cap
+        self._node_shares: dict[int, float] = {}  # this round's pick-share by node id
         self._prompts: dict[int, list[QAPair]] = {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -282,7 +283,7 @@ class FedSem(AppStrategy):
             voters.append((msg, answers))
 
         extra: dict[str, Any] = {}
-        self._node_shares: dict[int, float] = {}
+        self._node_shares = {}
         if self.enough(server_round, "train", len(voters)):
             extra = self._consensus(server_round, prompts, voters)
         extra["server-seconds"] = time.perf_counter() - t0
