@@ -84,7 +84,47 @@ def attribute_replies(
     return out
 
 
-class MeteredGrid(Grid):
+class PassThroughGrid(Grid):
+    """A Grid that hands every call to the Grid it wraps; subclasses watch the traffic.
+
+    Parameters
+    ----------
+    grid
+        The Grid provided by Flower to ``ServerApp.main`` (or another wrapper).
+    """
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+
+    def set_run(self, run) -> None:  # noqa: D102
+        self._grid.set_run(run)
+
+    @property
+    def run(self):  # noqa: D102
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:  # noqa: D102
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
+        return self._grid.get_node_ids()
+
+    def get_nodes(self):  # noqa: D102
+        return self._grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(  # noqa: D102
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+
+class MeteredGrid(PassThroughGrid):
     """A Grid that counts the bytes of every message it sends and receives.
 
     Parameters
@@ -101,7 +141,7 @@ class MeteredGrid(Grid):
     """
 
     def __init__(self, grid: Grid) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self.totals: Counter[tuple[str, str]] = Counter()
         self.messages: Counter[tuple[str, str]] = Counter()
 
@@ -112,23 +152,6 @@ class MeteredGrid(Grid):
             self.totals[key] += message_bytes(msg)
             self.messages[key] += 1
         return counted
-
-    # Delegation of the Grid interface -------------------------------------------
-    def set_run(self, run) -> None:  # noqa: D102
-        self._grid.set_run(run)
-
-    @property
-    def run(self):  # noqa: D102
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:  # noqa: D102
-        return self._grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
-        return self._grid.get_node_ids()
-
-    def get_nodes(self):  # noqa: D102
-        return self._grid.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
         return self._grid.push_messages(self._count(DOWN, messages))

@@ -40,6 +40,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedsem_app import protocol as p
+from fedsem_app.comm import PassThroughGrid
 from fedsem_app.config import AppConfig
 
 FINAL_DIR = "final"
@@ -389,7 +390,7 @@ def saved_final_adapter(config: ConfigRecord, context: Context, partition_id: in
 # --- the server's side ---------------------------------------------------------------
 
 
-class FinalAdapterWatch(Grid):
+class FinalAdapterWatch(PassThroughGrid):
     """A Grid wrapper that notes where clients report their final adapters.
 
     Everything is passed through; replies whose ``info`` names a
@@ -397,7 +398,7 @@ class FinalAdapterWatch(Grid):
     """
 
     def __init__(self, grid: Grid) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self.reported: dict[int, dict[str, str]] = {}
 
     def _note(self, replies: Iterable[Message]) -> list[Message]:
@@ -412,22 +413,6 @@ class FinalAdapterWatch(Grid):
                     "model": str(info.get(p.MODEL_NAME, "")),
                 }
         return replies
-
-    def set_run(self, run) -> None:  # noqa: D102
-        self._grid.set_run(run)
-
-    @property
-    def run(self):  # noqa: D102
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:  # noqa: D102
-        return self._grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:  # noqa: D102
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:  # noqa: D102
-        return self._grid.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:  # noqa: D102
         return self._note(self._grid.pull_messages(message_ids))
