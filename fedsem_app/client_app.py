@@ -32,6 +32,7 @@ from fedsem_app.energy import EnergyMeter
 from fedsem_app.evaluation import evaluate_client
 from fedsem_app.export import export_client, node_adapter_file, remember_run, saved_final_adapter
 from fedsem_app.faults import ADAPTER_MODES, TEXT_MODES, corrupt_adapter, corrupt_answers
+from fedsem_app.spec import node_config_with_spec
 from fedsem_app.tracking import progress_mod
 from fedsem_app.wire import pack_texts, unpack_texts
 
@@ -57,7 +58,9 @@ def _setup(context: Context, config: ConfigRecord):
     cfg = load_app_config(context.run_config)
     remember_run(context, config)  # names the run for adapter_file, also after a resume
     try:
-        node = load_node_config(context.node_config, cfg)
+        # A federation spec's entry for this node lies under its own node config.
+        node = load_node_config(node_config_with_spec(cfg, context.node_config), cfg)
+        cfg = node.apply(cfg)  # this client's LoRA, data mapping and fault mode
     except ConfigError as err:
         # The server logs only a node id; name the node's partition as model errors do.
         partition = context.node_config.get("partition-id", "?")
@@ -145,7 +148,7 @@ def _pseudo(record: ConfigRecord | None) -> list[tuple[str, str, bool]]:
 
 
 def _info(cfg: AppConfig, node: NodeConfig) -> ConfigRecord:
-    return ConfigRecord({p.MODEL_NAME: node.model_name})
+    return ConfigRecord({p.MODEL_NAME: node.model_name, p.CLIENT_NAME: node.client_name})
 
 
 @app.train()
@@ -245,7 +248,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     )
     info = _info(cfg, node)
     # After the last round: the client's own adapter goes to final/ (text strategies).
-    final = export_client(client, cfg, context, config, node.partition_id, metrics)
+    final = export_client(
+        client, cfg, context, config, node.partition_id, metrics, node.client_name
+    )
     if final:
         info[p.FINAL_ADAPTER] = final
     metrics.update(meter.stop().as_metrics())

@@ -311,6 +311,9 @@ class AppConfig:
     # A run folder (absolute path, or a folder name under results-dir) whose checkpoint
     # this run continues; empty starts a new run. See fedsem_app.checkpoint.
     resume_from: str = ""
+    # A federation spec (YAML, fedsem_app.spec): the clients one by one; it wins over
+    # model.*, lora.*, the data file and mapping, device and fault mode per client.
+    federation_spec: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -453,6 +456,12 @@ class NodeConfig:
         of the configured dataset.
     device
         ``device`` in node config, else ``model.device``.
+    client_name
+        The client's name in a federation spec (``client-name``); empty without one.
+    lora, data, fault
+        The run config's sections with this node's own values on top (``lora-rank``,
+        ``lora-alpha``, ``lora-target-modules``; ``prompt-field``, ``answer-field``,
+        ``category-field`` of its data file; ``fault-mode``); None: the run config's.
     """
 
     partition_id: int
@@ -460,6 +469,51 @@ class NodeConfig:
     model_name: str
     data_path: str
     device: str
+    client_name: str = ""
+    lora: LoraConfig | None = None
+    data: DataConfig | None = None
+    fault: FaultConfig | None = None
+
+    def apply(self, app: AppConfig) -> AppConfig:
+        """The run config this node runs with: its own LoRA, data mapping and fault on top."""
+        return dataclasses.replace(
+            app,
+            lora=self.lora or app.lora,
+            data=self.data or app.data,
+            fault=self.fault or app.fault,
+        )
+
+
+# Node-config keys that override one field of a run-config section, by section.
+NODE_LORA_KEYS = {
+    "lora-rank": "rank",
+    "lora-alpha": "alpha",
+    "lora-target-modules": "target_modules",
+}
+NODE_DATA_KEYS = {
+    "prompt-field": "prompt_field",
+    "answer-field": "answer_field",
+    "category-field": "category_field",
+}
+
+
+def _node_section(node_config, keys: dict[str, str], section, key_prefix: str):
+    """``section`` with the node config's values for ``keys`` on top, or None if it sets none."""
+    hints = typing.get_type_hints(type(section))
+    changes = {
+        attr: _coerce(key, node_config[key], hints[attr])
+        for key, attr in keys.items()
+        if key in node_config
+    }
+    if not changes:
+        return None
+    try:
+        return dataclasses.replace(section, **changes)
+    except ConfigError as err:  # e.g. lora-rank=0: name the node-config key
+        node_key = next(
+            (k for k, a in keys.items() if f"{key_prefix}.{_key(a)}" == err.key), err.key
+        )
+        raise ConfigError(node_key, str(err).split(": ", 1)[1]) from err
 
 
 def load_node_config(node_config: typing.Mapping[str, Any], app: AppConfig) -> NodeConfig:
@@ -488,4 +542,20 @@ def load_node_config(node_config: typing.Mapping[str, Any], app: AppConfig) -> N
             "JSON/JSONL/CSV/Parquet file with --node-config 'data-path=\"/abs/file.jsonl\"'",
         )
     device = str(node_config.get("device", "") or app.model.device)
-    return NodeConfig(partition_id, num_partitions, model_name, data_path, device)
+    fault = None
+    if "fault-mode" in node_config:
+        mode = str(node_config["fault-mode"])
+        _check_choice(mode, FAULT_MODES, "fault-mode")
+        # The node's own mode applies to itself, whatever fault.clients lists.
+        fault = dataclasses.replace(app.fault, mode=mode, clients=(str(partition_id),))
+    return NodeConfig(
+        partition_id,
+        num_partitions,
+        model_name,
+        data_path,
+        device,
+        client_name=str(node_config.get("client-name", "") or ""),
+        lora=_node_section(node_config, NODE_LORA_KEYS, app.lora, "lora"),
+        data=_node_section(node_config, NODE_DATA_KEYS, app.data, "data"),
+        fault=fault,
+    )

@@ -304,9 +304,11 @@ def adapter_meta(
     server_round: int,
     partition_id: int | None = None,
     node_id: int | None = None,
+    client_name: str = "",
 ) -> dict[str, Any]:
-    """The ``fedsem.json`` of an adapter folder."""
+    """The ``fedsem.json`` of an adapter folder (``client-name``: its federation-spec name)."""
     return {
+        "client-name": client_name,
         "model-name": client.name,
         "architecture": client.architecture,
         "template": client.template,
@@ -329,8 +331,12 @@ def export_client(
     config: ConfigRecord,
     partition_id: int,
     metrics: Mapping[str, Any],
+    client_name: str = "",
 ) -> str:
     """After the last round's evaluation: save this client's adapter, drop its cache file.
+
+    ``client_name`` (a federation spec's name for the client) goes into its
+    ``fedsem.json`` and so into ``final/index.json``.
 
     Returns
     -------
@@ -346,7 +352,9 @@ def export_client(
         if target is None:  # parameter strategies: the server saves the global adapter
             forget_node_adapter(cached)
             return ""
-        meta = adapter_meta(cfg, client, int(config.get(p.ROUND, 0)), partition_id, context.node_id)
+        meta = adapter_meta(
+            cfg, client, int(config.get(p.ROUND, 0)), partition_id, context.node_id, client_name
+        )
         save_adapter_folder(client, target, meta, cfg, metrics)
     except (OSError, ValueError) as err:
         log(
@@ -411,6 +419,7 @@ class FinalAdapterWatch(PassThroughGrid):
                 self.reported[msg.metadata.src_node_id] = {
                     "path": str(info[p.FINAL_ADAPTER]),
                     "model": str(info.get(p.MODEL_NAME, "")),
+                    "client": str(info.get(p.CLIENT_NAME, "")),
                 }
         return replies
 
@@ -476,6 +485,7 @@ def write_index(
                 {
                     "folder": "",
                     "path": where["path"],
+                    "client-name": where.get("client", ""),
                     "model-name": where["model"],
                     "node-id": node_id,
                     "elsewhere": True,
@@ -497,12 +507,13 @@ def write_index(
         "- final metrics (mean over the evaluated clients): "
         + (", ".join(f"{k} {v:.4f}" for k, v in index["final"].items()) or "none"),
         "",
-        "| folder | base model | template | where |",
-        "|---|---|---|---|",
+        "| folder | client | base model | template | where |",
+        "|---|---|---|---|---|",
     ]
     for e in entries:
         lines.append(
-            f"| {e['folder'] or '(on its node)'} | {e.get('model-name', '')} | "
+            f"| {e['folder'] or '(on its node)'} | {e.get('client-name') or ''} | "
+            f"{e.get('model-name', '')} | "
             f"{e.get('template', '')} | {e['path']} |"
         )
     lines += [

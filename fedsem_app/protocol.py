@@ -31,6 +31,7 @@ TEXTS = "texts"
 CONFIDENCES = "confidences"
 FINISHED = "finished"  # list[bool]: the answer ended with EOS, not at the length cap
 MODEL_NAME = "model-name"
+CLIENT_NAME = "client-name"  # INFO field: the client's name in a federation spec ("" without)
 NODE_ERROR = "error"
 
 # --- metric names (MetricRecord keys) ------------------------------------------

@@ -15,14 +15,15 @@ from fedsem_app.config import AppConfig, ConfigError, load_app_config
 from fedsem_app.data import load_split
 from fedsem_app.export import FinalAdapterWatch, run_config_record, write_final
 from fedsem_app.results import RunLog, make_run_folder
-from fedsem_app.strategies import get_strategy_class
+from fedsem_app.spec import FederationSpec, apply_spec, check_strategy, spec_summary
+from fedsem_app.strategies import get_strategy_class, shared_model_problem
 from fedsem_app.tracking import open_tracker, tracked
 
 app = ServerApp()
 
 
-def check_setup(cfg: AppConfig):
-    """Fail before any training on a wrong strategy, model or data setting.
+def check_setup(cfg: AppConfig, spec: FederationSpec | None = None):
+    """Fail before any training on a wrong strategy, model, data setting or spec.
 
     Returns
     -------
@@ -30,20 +31,16 @@ def check_setup(cfg: AppConfig):
         The strategy class and the server's data split.
     """
     strategy_cls = get_strategy_class(cfg.strategy)
+    if spec is not None:  # name the client: the spec's error says which one and why
+        check_strategy(spec, cfg.strategy, strategy_cls.needs_shared_model)
     for name in cfg.model.names:
         try:
             check_model_name(name)
         except ValueError as err:
             raise ConfigError("model.names", str(err)) from err
-    models = sorted(set(cfg.model.names))
-    if strategy_cls.needs_shared_model and len(models) > 1:
-        raise ConfigError(
-            "model.names",
-            f"strategy {cfg.strategy!r} needs every client on one shared base model, but "
-            f"model.names mixes {len(models)} models: {', '.join(models)}. Run mixed models "
-            "with strategy='fedsem' (it exchanges answers, not weights), or pick one model, "
-            f"e.g. --run-config \"strategy='{cfg.strategy}' model.names='{cfg.model.names[0]}'\"",
-        )
+    problem = shared_model_problem(cfg.strategy, cfg.model.names)
+    if problem:
+        raise ConfigError("model.names", problem)
     split = load_split(cfg.data, cfg.seed)
     if cfg.fedsem.prompts_per_round > len(split.public):
         raise ConfigError(
@@ -115,8 +112,8 @@ def run_rounds(strategy, cfg: AppConfig, grid: Grid, folder, arrays: ArrayRecord
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run one federated job end to end (or resume one) and write its results folder."""
-    cfg = load_app_config(context.run_config)
-    strategy_cls, split = check_setup(cfg)
+    cfg, spec = apply_spec(load_app_config(context.run_config))  # the spec's models, if any
+    strategy_cls, split = check_setup(cfg, spec)
     checkpoint = open_resume(cfg) if cfg.resume_from else None
 
     meter = MeteredGrid(grid)
@@ -127,10 +124,10 @@ def main(grid: Grid, context: Context) -> None:
     )
     log(
         INFO,
-        "fedsem: strategy %s, %d rounds, models %s; results in %s",
+        "fedsem: strategy %s, %d rounds, %s; results in %s",
         cfg.strategy,
         cfg.num_server_rounds,
-        ", ".join(cfg.model.names),
+        spec_summary(spec) if spec else "models " + ", ".join(cfg.model.names),
         folder,
     )
     # Flower's run id goes with the results: `flwr ls` / `flwr log` find the run by it.
@@ -139,6 +136,7 @@ def main(grid: Grid, context: Context) -> None:
     run_log = tracked(RunLog(folder, flat, cfg.num_server_rounds, meter.snapshot), tracker)
 
     strategy = strategy_cls(cfg, split, run_log)
+    strategy.expected_clients = spec.names if spec else ()
     arrays = (
         resume_run(checkpoint, cfg, meter, run_log, strategy)
         if checkpoint

@@ -47,3 +47,21 @@ def get_strategy_class(name: str) -> type[AppStrategy]:
             "strategy", f"got {name!r}; allowed values: {', '.join(sorted(STRATEGIES))}"
         )
     return STRATEGIES[name]
+
+
+def shared_model_problem(strategy: str, names: tuple[str, ...] | list[str]) -> str:
+    """Why ``strategy`` cannot run clients of these models, or "" if it can.
+
+    Strategies that average adapters (``needs_shared_model``) need one base model;
+    the message is the same whether the models come from ``model.names`` or from a
+    federation spec.
+    """
+    models = sorted(set(names))
+    if not get_strategy_class(strategy).needs_shared_model or len(models) <= 1:
+        return ""
+    return (
+        f"strategy {strategy!r} needs every client on one shared base model, but "
+        f"model.names mixes {len(models)} models: {', '.join(models)}. Run mixed models "
+        "with strategy='fedsem' (it exchanges answers, not weights), or pick one model, "
+        f"e.g. --run-config \"strategy='{strategy}' model.names='{names[0]}'\""
+    )

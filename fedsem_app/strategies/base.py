@@ -69,6 +69,8 @@ class AppStrategy(FedAvg):
     name: ClassVar[str] = ""
     needs_shared_model: ClassVar[bool] = False
     evaluates_every_node: ClassVar[bool] = True
+    # The client names of a federation spec: round 0 checks the nodes against them.
+    expected_clients: tuple[str, ...] = ()
 
     def __init__(self, app: AppConfig, split: DataSplit, run_log: RunLog, **fedavg: Any) -> None:
         fedavg.setdefault("min_train_nodes", app.min_clients)
@@ -148,9 +150,11 @@ class AppStrategy(FedAvg):
         for msg in replies:
             info = msg.content.get(p.INFO, ConfigRecord())
             metrics = dict(msg.content[p.METRICS])
+            name = info.get(p.CLIENT_NAME, "")
             rows.append(
                 {
                     "node": msg.metadata.src_node_id,
+                    **({"client": name} if name else {}),  # its federation-spec name
                     "model": info.get(p.MODEL_NAME, ""),
                     **{k: v for k, v in metrics.items() if not isinstance(v, list)},
                     **quality_intervals([metrics]),
@@ -297,7 +301,7 @@ class AppStrategy(FedAvg):
         config = ConfigRecord(dict(config)) if config is not None else ConfigRecord()
         messages = list(self.configure_evaluate(0, arrays, config, grid))
         names = self.app.model.names
-        if len(messages) < len(names) and self.evaluates_every_node:
+        if len(messages) < len(names) and self.evaluates_every_node and not self.expected_clients:
             log(
                 WARNING,
                 "model.names lists %d clients (%s) but only %d nodes take part: the last %d "
@@ -309,8 +313,37 @@ class AppStrategy(FedAvg):
                 len(names) - len(messages),
                 len(names),
             )
-        replies = grid.send_and_receive(messages=messages, timeout=timeout)
+        replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
+        if self.expected_clients and self.evaluates_every_node:
+            self.check_nodes(replies)
         self.aggregate_evaluate(0, replies)
+
+    def check_nodes(self, replies: list[Message]) -> None:
+        """Warn about spec clients no node answered as, and nodes the spec does not name."""
+        from fedsem_app.spec import node_check
+
+        seen = [
+            m.content.get(p.INFO, ConfigRecord()).get(p.CLIENT_NAME, "")
+            for m in replies
+            if not m.has_error()
+        ]
+        missing, unexpected = node_check(self.expected_clients, seen)
+        failed = sum(m.has_error() for m in replies)
+        if not missing and not unexpected:
+            log(INFO, "federation spec: all %d clients answered", len(self.expected_clients))
+            return
+        log(
+            WARNING,
+            "federation spec lists %d clients (%s); missing: %s; unexpected: %s%s. In "
+            'simulation: flwr run . --federation-config "num-supernodes=%d"; in deployment '
+            "start each SuperNode with the command fedsem-spec deploy prints",
+            len(self.expected_clients),
+            ",".join(self.expected_clients),
+            ", ".join(missing) or "none",
+            ", ".join(unexpected) or "none",
+            f" ({failed} node(s) replied with an error)" if failed else "",
+            len(self.expected_clients),
+        )
 
     # --- Strategy interface ----------------------------------------------------------
     def configure_train(

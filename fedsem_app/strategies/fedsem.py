@@ -176,7 +176,8 @@ class FedSem(AppStrategy):
     With ``fedsem.vote-unfinished`` off, answers that hit the length cap are left
     out of the vote. Each round records the share of answers cut at the cap
     (``truncated-share``) and, per model, the share of labels its clients' answers
-    won (``pick-share-<model>``; per node in ``clients.jsonl``).
+    won (``pick-share-<model>``, or ``pick-share-<client>`` by the names of a
+    federation spec; per node in ``clients.jsonl``).
 
     Wire contract (see :mod:`fedsem_app.protocol`)
     -----------------------------------------------
@@ -314,13 +315,18 @@ class FedSem(AppStrategy):
                 unfinished.add(q.id)
         self.pseudo_labels = [labels[k] for k in sorted(labels)]
         self.unfinished = unfinished & set(labels)
-        models = [m.content.get(p.INFO, ConfigRecord()).get(p.MODEL_NAME, "") for m, _ in voters]
+        infos = [m.content.get(p.INFO, ConfigRecord()) for m, _ in voters]
+        models = [info.get(p.MODEL_NAME, "") for info in infos]
+        # A federation spec names its clients: pick-share goes by client, else by model.
+        owners = [
+            info.get(p.CLIENT_NAME, "") or model for info, model in zip(infos, models, strict=True)
+        ]
         nodes = [m.metadata.src_node_id for m, _ in voters]
         shares = pick_shares(texts, result.index)
         self._node_shares = {n: float(s) for n, s in zip(nodes, shares, strict=True)}
         by_model: dict[str, float] = {}
-        for model, share in zip(models, shares, strict=True):
-            by_model[f"pick-share-{model}"] = by_model.get(f"pick-share-{model}", 0.0) + share
+        for owner, share in zip(owners, shares, strict=True):
+            by_model[f"pick-share-{owner}"] = by_model.get(f"pick-share-{owner}", 0.0) + share
         self.run_log.add_samples(
             server_round,
             [
@@ -330,6 +336,7 @@ class FedSem(AppStrategy):
                     "answers": [
                         {
                             "node": n,
+                            **({"client": c} if (c := infos[k].get(p.CLIENT_NAME, "")) else {}),
                             "model": mdl,
                             "text": texts[i][k],
                             "valid": bool(mask[i, k]),
