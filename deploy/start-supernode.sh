@@ -24,7 +24,13 @@ Connection:
                                  no caller check: keep it off the network);
                                  default 9094, one per SuperNode on a host
 
-What this node runs (its --node-config; these win over the run config):
+What this node runs (its --node-config; these win over the run config). Either
+from a federation spec (fedsem_app/spec.py; `fedsem-spec deploy SPEC` prints the
+command for every client):
+  --spec FILE --client NAME      the client NAME of the spec FILE: its partition,
+                                 name, model, data file and mapping, device, LoRA
+                                 settings and fault mode (fedsem-spec node-config)
+or one by one:
   --model-name NAME              registered model, local model folder or hub id
   --data-path FILE               private JSON/JSONL/CSV/Parquet file of this node
   --device DEV                   auto, cpu, cuda, cuda:N, mps
@@ -56,6 +62,8 @@ partition_id=0
 num_partitions=1
 gpu=""
 name=""
+spec=""
+client=""
 wait_s=60
 foreground=0
 while (($#)); do
@@ -71,6 +79,8 @@ while (($#)); do
         --partition-id) partition_id="$2"; shift 2 ;;
         --num-partitions) num_partitions="$2"; shift 2 ;;
         --gpu) gpu="$2"; shift 2 ;;
+        --spec) spec="$2"; shift 2 ;;
+        --client) client="$2"; shift 2 ;;
         --name) name="$2"; shift 2 ;;
         --wait) wait_s="$2"; shift 2 ;;
         --foreground) foreground=1; shift ;;
@@ -83,20 +93,31 @@ need_cmd flower-supernode
 need_cmd flwr-clientapp  # the SuperNode starts one ClientApp process per message
 name="${name:-supernode-$port}"
 
-if [[ -n "$data_path" ]]; then
-    # Checked here: a wrong path would otherwise fail only inside every round.
-    need_file "$data_path" "--data-path"
-    data_path="$(abs_path "$data_path")"  # ClientApps run in another directory
-fi
+if [[ -n "$spec" || -n "$client" ]]; then
+    [[ -n "$spec" && -n "$client" ]] || die "--spec and --client go together"
+    [[ -z "$model_name$data_path$device" ]] \
+        || die "--spec sets model, data and device: drop --model-name, --data-path, --device"
+    need_cmd fedsem-spec
+    need_file "$spec" "--spec"
+    # The spec's own checks (data file present, known model, ...) run here, on this
+    # machine, before the node starts; a bad spec stops with its one-line reason.
+    node_config="$(fedsem-spec node-config "$spec" "$client")" || exit 1
+else
+    if [[ -n "$data_path" ]]; then
+        # Checked here: a wrong path would otherwise fail only inside every round.
+        need_file "$data_path" "--data-path"
+        data_path="$(abs_path "$data_path")"  # ClientApps run in another directory
+    fi
 
-# Node config: what this node runs. Strings are TOML-quoted.
-node_config="partition-id=$partition_id num-partitions=$num_partitions"
-for pair in "model-name=$model_name" "data-path=$data_path" "device=$device"; do
-    value="${pair#*=}"
-    [[ -z "$value" ]] && continue
-    [[ "$value" == *'"'* ]] && die "${pair%%=*} must not contain a double quote"
-    node_config+=" ${pair%%=*}=\"$value\""
-done
+    # Node config: what this node runs. Strings are TOML-quoted.
+    node_config="partition-id=$partition_id num-partitions=$num_partitions"
+    for pair in "model-name=$model_name" "data-path=$data_path" "device=$device"; do
+        value="${pair#*=}"
+        [[ -z "$value" ]] && continue
+        [[ "$value" == *'"'* ]] && die "${pair%%=*} must not contain a double quote"
+        node_config+=" ${pair%%=*}=\"$value\""
+    done
+fi
 
 # Loopback only (Flower's default too, stated so it stays so): only this node's own
 # ClientApp processes need the Runtime API, and it does not check who calls.

@@ -4,6 +4,7 @@ Usage::
 
     fedsem-compare conf/compare.toml [--out DIR] [--strategies a,b] [--seeds 1,2,3]
                    [--federation-config "num-supernodes=3"]
+    fedsem-compare --spec federation.yaml [PROFILE] [--strategies a,b] [--out DIR]
     fedsem-compare --runs RUN_DIR [RUN_DIR ...] --out DIR
 
 The first form runs each strategy in turn through the real Flower path
@@ -30,6 +31,13 @@ table::
     seeds = [1, 2, 3]                        # optional: every strategy once per seed
 
 Everything outside ``[compare]`` is handed to every run unchanged.
+
+With ``--spec`` (a federation spec, see :mod:`fedsem_app.spec`) every run gets
+``federation-spec`` and one simulated SuperNode per client; the profile is then
+optional and, without a strategy list, every registered strategy that can run the
+spec runs (those that need one shared model are left out over mixed models, with
+their reason). A strategy asked for by name that cannot run the spec stops the
+command before any run, with the message the server would give.
 """
 
 from __future__ import annotations
@@ -59,7 +67,8 @@ from fedsem_app.comparison import (
     write_study,
 )
 from fedsem_app.config import DEFAULT_HOME, ConfigError, load_app_config
-from fedsem_app.strategies import get_strategy_class
+from fedsem_app.spec import SPEC_KEY, SpecError, check_strategy, read_spec
+from fedsem_app.strategies import get_strategy_class, strategy_names
 
 DEFAULT_FEDERATION = "num-supernodes=3"
 COMPARE_KEYS = ("strategies", "out", "federation-config", "seeds")
@@ -222,27 +231,70 @@ def run_strategy(
     return load_run(folder, strategy, error, wall)
 
 
+def spec_strategies(
+    spec_path: Path, asked: Sequence[str] | None
+) -> tuple[list[str], dict[str, str], str]:
+    """Strategies to run over a federation spec, those left out and why, and the federation.
+
+    Parameters
+    ----------
+    spec_path
+        The spec file.
+    asked
+        Strategies asked for by name (all must fit the spec), or None for every
+        registered strategy that fits.
+
+    Raises
+    ------
+    SpecError
+        If the spec is wrong, or a strategy asked for cannot run it.
+    """
+    spec = read_spec(spec_path)
+    runnable, skipped = [], {}
+    for name in asked or strategy_names():
+        try:
+            check_strategy(spec, name, get_strategy_class(name).needs_shared_model)
+            runnable.append(name)
+        except SpecError as err:
+            if asked:
+                raise
+            skipped[name] = str(err)
+    return runnable, skipped, spec.federation_config
+
+
 def run_comparison(
-    profile: Path,
+    profile: Path | None,
     out: Path | None = None,
     strategies: Sequence[str] | None = None,
     federation_config: str | None = None,
     app_dir: Path | None = None,
     seeds: Sequence[int] | None = None,
+    spec: Path | None = None,
 ) -> tuple[list[RunRecord], Path]:
-    """Run every strategy of a profile in turn and write the comparison into ``out``.
+    """Run every strategy of a profile (or spec) in turn and write the comparison into ``out``.
 
     With ``seeds`` (or the profile's ``seeds``), every strategy runs once per seed
-    and the study table over seeds is written too (:func:`write_study`).
+    and the study table over seeds is written too (:func:`write_study`). With
+    ``spec``, every run simulates that federation (see the module docstring).
 
     Returns
     -------
     tuple
         The runs, in order, and the output folder.
     """
-    shared, compare = read_profile(profile)
+    shared, compare = read_profile(profile) if profile else ({}, {})
+    spec_federation = ""
+    if spec is not None:
+        spec = Path(spec).expanduser().resolve()
+        asked = list(strategies or compare.get("strategies") or []) or None
+        strategies, skipped, spec_federation = spec_strategies(spec, asked)
+        for name, reason in skipped.items():
+            print(f"== {name}: left out: {reason}", flush=True)
+        shared = {**shared, SPEC_KEY: str(spec)}
     strategies = list(strategies or compare["strategies"])
-    federation_config = federation_config or compare.get("federation-config", DEFAULT_FEDERATION)
+    federation_config = (
+        federation_config or spec_federation or compare.get("federation-config", DEFAULT_FEDERATION)
+    )
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out or compare.get("out") or DEFAULT_HOME / "compare" / stamp)
     out = out.expanduser().resolve()
@@ -253,6 +305,8 @@ def run_comparison(
     runs_dir = out / "runs"
     runs: list[RunRecord] = []
     notes = {"federation": f"`{federation_config}`", "profile": f"`{profile}`"}
+    if spec is not None:
+        notes["spec"] = f"`{spec}`"
     seeds = list(seeds or compare.get("seeds") or [])
     if seeds:
         notes["seeds"] = ", ".join(map(str, seeds))
@@ -301,6 +355,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--app", type=Path, help="Flower app folder (default: this project)")
     parser.add_argument(
+        "--spec",
+        type=Path,
+        help="federation spec (YAML): every run simulates its clients; the profile is optional",
+    )
+    parser.add_argument(
         "--seeds", help="comma-separated seeds: every strategy once per seed (e.g. 1,2,3)"
     )
     return parser
@@ -310,8 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fedsem-compare``; returns 0 if every run finished, else 1."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if bool(args.profile) == bool(args.runs):
-        parser.error("give either a profile or --runs RUN_DIR [RUN_DIR ...]")
+    if bool(args.profile or args.spec) == bool(args.runs):
+        parser.error("give either a profile, --spec SPEC, or --runs RUN_DIR [RUN_DIR ...]")
     try:
         if args.runs:
             if not args.out:
@@ -326,7 +385,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError:
                 parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
             runs, out = run_comparison(
-                args.profile, args.out, strategies, args.federation_config, args.app, seeds
+                args.profile,
+                args.out,
+                strategies,
+                args.federation_config,
+                args.app,
+                seeds,
+                args.spec,
             )
     except ConfigError as err:
         print(f"fedsem-compare: {err}", file=sys.stderr)
