@@ -21,6 +21,7 @@ from fedsem_app.spec import (
     node_config_with_spec,
     parse_spec,
     read_spec,
+    resolve_spec_path,
 )
 from fedsem_app.spec_cli import main as spec_main
 from fedsem_app.strategies import get_strategy_class
@@ -368,3 +369,13 @@ def test_a_spec_federation_runs_with_per_client_lora_data_and_names(spec_dir, tm
     assert {v.shape[0] for k, v in bob.items() if "lora_A" in k} == {2}
     bob_train = next(c for c in clients if c["client"] == "bob" and p.TRAIN_LOSS in c)
     assert bob_train[p.NUM_EXAMPLES] == 6
+
+
+def test_a_relative_spec_path_is_found_in_the_app_folder_from_elsewhere(tmp_path, monkeypatch):
+    # flwr run runs the app in the SuperLink's working directory, not the project's.
+    monkeypatch.chdir(tmp_path)
+
+    assert resolve_spec_path("conf/federation-example.yaml") == EXAMPLE
+    assert resolve_spec_path("conf/federation-example.yaml", tmp_path) == (
+        tmp_path / "conf" / "federation-example.yaml"
+    )
