@@ -9,7 +9,7 @@ comparison between them is fair: same data, same trainer, same evaluation.
 from __future__ import annotations
 
 import functools
-import os
+import io
 import time
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from fedsem_app.energy import EnergyMeter
 from fedsem_app.evaluation import evaluate_client
 from fedsem_app.export import export_client, node_adapter_file, remember_run, saved_final_adapter
 from fedsem_app.faults import ADAPTER_MODES, TEXT_MODES, corrupt_adapter, corrupt_answers
+from fedsem_app.files import atomic_write
 from fedsem_app.tracking import progress_mod
 from fedsem_app.wire import pack_texts, unpack_texts
 
@@ -94,9 +95,9 @@ def _save_adapter(state: dict[str, np.ndarray], path: Path) -> None:
     # A SuperNode keeps context.state in memory only; the file lets a restarted node
     # go on with its adapter. Write then rename: a crash never leaves half a file.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **state)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **state)
+    atomic_write(path, buffer.getvalue())
 
 
 def _restore_adapter(client, msg: Message, context: Context, cache_dir: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsem_app.comm import human_bytes
+from fedsem_app.files import is_finite
 
 QUALITY = (("rouge-l", "ROUGE-L"), ("embed-sim", "embedding similarity"))
 
@@ -134,12 +135,8 @@ def load_run(
     return RunRecord(label, folder, rows, summary, config, error, wall_seconds)
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _values(rows: Sequence[Mapping[str, Any]], key: str) -> list[float]:
-    return [float(r[key]) for r in rows if _finite(r.get(key))]
+    return [float(r[key]) for r in rows if is_finite(r.get(key))]
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -164,16 +161,16 @@ def table_row(run: RunRecord) -> dict[str, Any]:
     }
     for key in ("rouge-l", "embed-sim", "nll"):
         values = _values(trained, key)
-        row[f"{key}-final"] = float(last[key]) if _finite(last.get(key)) else None
+        row[f"{key}-final"] = float(last[key]) if is_finite(last.get(key)) else None
         row[f"{key}-best"] = (min if key == "nll" else max)(values) if values else None
-    total = last.get("bytes-cumulative") if _finite(last.get("bytes-cumulative")) else None
+    total = last.get("bytes-cumulative") if is_finite(last.get("bytes-cumulative")) else None
     row["bytes-total"] = total
     row["bytes-per-round"] = total / len(trained) if total is not None and trained else None
     for key in ("train", "generate"):
         row[f"{key}-seconds-per-round"] = _mean(_values(rows, f"max-{key}-seconds"))
     row["server-seconds-per-round"] = _mean(_values(rows, "server-seconds"))
     row["run-seconds"] = (
-        float(last["elapsed-seconds"]) if _finite(last.get("elapsed-seconds")) else None
+        float(last["elapsed-seconds"]) if is_finite(last.get("elapsed-seconds")) else None
     )
     row["wall-seconds"] = run.wall_seconds
     return row
@@ -283,7 +280,7 @@ def _plot(runs: Sequence[RunRecord], path: Path, x_key: str, x_label: str, log_x
             points = [
                 (r[x_key], r[key])
                 for r in run.rows
-                if _finite(r.get(key)) and _finite(r.get(x_key)) and (r[x_key] > 0 or not log_x)
+                if is_finite(r.get(key)) and is_finite(r.get(x_key)) and (r[x_key] > 0 or not log_x)
             ]
             if points:
                 label = run.label if run.ok else f"{run.label} (failed)"
@@ -354,14 +351,14 @@ def gain_per_round(rows: Sequence[Mapping[str, Any]], key: str) -> dict[int, flo
     NLL improves downwards, so its gain is ``round-0 NLL - NLL``. Empty without a
     round-0 row.
     """
-    base = next((r[key] for r in rows if r.get("round") == 0 and _finite(r.get(key))), None)
+    base = next((r[key] for r in rows if r.get("round") == 0 and is_finite(r.get(key))), None)
     if base is None:
         return {}
     sign = GAIN_SIGN[key]
     return {
         int(r["round"]): sign * (float(r[key]) - base)
         for r in rows
-        if r.get("round", 0) > 0 and _finite(r.get(key))
+        if r.get("round", 0) > 0 and is_finite(r.get(key))
     }
 
 
@@ -420,13 +417,13 @@ def study_rows(
         done = ok[label]
         row: dict[str, Any] = {"label": label, "seeds": len(done), "failed": len(group) - len(done)}
         for metric in GAIN_SIGN:
-            finals = [float(r.rows[-1][metric]) for r in done if _finite(r.rows[-1].get(metric))]
+            finals = [float(r.rows[-1][metric]) for r in done if is_finite(r.rows[-1].get(metric))]
             gains = [max(g.items())[1] for r in done if (g := gain_per_round(r.rows, metric))]
             row[f"{metric}-final"], row[f"{metric}-final-std"] = _spread(finals)
             row[f"{metric}-gain"], row[f"{metric}-gain-std"] = _spread(gains)
             lows = [r.rows[-1].get(f"{metric}-low") for r in done]
             highs = [r.rows[-1].get(f"{metric}-high") for r in done]
-            if lows and all(_finite(v) for v in lows + highs):
+            if lows and all(is_finite(v) for v in lows + highs):
                 row[f"{metric}-ci-halfwidth"] = sum(
                     h - lo for lo, h in zip(lows, highs, strict=True)
                 ) / (2 * len(lows))
@@ -507,7 +504,7 @@ def plot_seeds(runs: Sequence[RunRecord], path: Path, metrics: Sequence[str] = (
             for run in runs:
                 if run.label == label and run.ok:
                     for row in run.rows:
-                        if _finite(row.get(metric)):
+                        if is_finite(row.get(metric)):
                             per_round.setdefault(int(row["round"]), []).append(float(row[metric]))
             if not per_round:
                 continue
@@ -564,7 +561,7 @@ def paired_rows(
     """
     finals: dict[str, dict[Any, float]] = {}
     for run in runs:
-        if run.ok and run.rows and _finite(run.rows[-1].get(key)):
+        if run.ok and run.rows and is_finite(run.rows[-1].get(key)):
             finals.setdefault(run.label, {})[_seed(run)] = float(run.rows[-1][key])
     table = []
     for label, baseline in baselines.items():
@@ -598,7 +595,7 @@ def model_finals(run: RunRecord, key: str = "nll") -> dict[str, dict[str, float]
     values: dict[tuple[str, int], list[float]] = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
-        if row.get("phase") == "evaluate" and _finite(row.get(key)):
+        if row.get("phase") == "evaluate" and is_finite(row.get(key)):
             values.setdefault((row.get("model", ""), int(row["round"])), []).append(row[key])
     out: dict[str, dict[str, float]] = {}
     for model in sorted({m for m, _ in values}):
