@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsem_app.config import load_app_config
+from fedsem_app.config import known_keys, load_app_config
 from fedsem_app.data import load_records
 from fedsem_app.embedding import cosine_to_reference
 from fedsem_app.evaluation import rouge_l
@@ -28,7 +28,9 @@ from fedsem_app.intervals import mean_interval
 
 def score_samples(folder: Path) -> list[dict]:
     """One row per (sampled prompt, valid candidate): its scores and whether it was chosen."""
-    app = load_app_config(json.loads((folder / "config.json").read_text()))
+    # config.json also records what the run added (its Flower run id): keep the settings.
+    saved = json.loads((folder / "config.json").read_text())
+    app = load_app_config({k: v for k, v in saved.items() if k in known_keys()})
     references = {q.id: q.answer for q in load_records(app.data)}
     rows = []
     for line in (folder / "consensus_samples.jsonl").read_text().splitlines():

@@ -6,6 +6,7 @@ interrupted study resumes), then writes ``study.md`` / ``study.csv`` and the plo
 with :func:`fedsem_app.comparison.write_study`.
 
     python bench/study.py [--out DIR] [--seeds 1,2,3] [--variants local,pooled,...]
+    python bench/study.py --report-only ...   # tables from the runs that finished
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def main() -> None:
         default="seed",
         help="seed: every variant of seed 1 first (partial results cover all)",
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the tables from finished runs only"
+    )
     args = parser.parse_args()
     shared, compare = read_profile(args.profile)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -74,6 +78,8 @@ def main() -> None:
         folder = out / "runs" / name
         if (folder / "summary.json").is_file():
             run = load_run(folder, strategy)
+        elif args.report_only:
+            continue
         else:
             run = run_strategy(
                 strategy,

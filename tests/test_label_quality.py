@@ -49,7 +49,7 @@ def test_a_run_folder_is_scored_against_the_dataset_references(tmp_path):
     config = {"seed": 1}
     records = load_records(load_app_config(config).data)
     q = records[7]
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "config.json").write_text(json.dumps({**config, "flwr-run-id": 7}))
     sample = {
         "round": 1,
         "prompt-id": q.id,
