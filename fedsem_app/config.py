@@ -177,6 +177,9 @@ class FedSemConfig:
     # Whether answers cut at gen.max-new-tokens take part in the vote (unfinished
     # pseudo-labels are always trained on without EOS).
     vote_unfinished: bool = True
+    # Prompts per round whose every answer goes to consensus_samples.jsonl (0: all of
+    # them, e.g. to audit what the server received, as bench/privacy.py does).
+    samples_per_round: int = 5
 
     def __post_init__(self) -> None:
         _check(self.prompts_per_round > 0, "fedsem.prompts-per-round", "must be positive")
@@ -187,6 +190,11 @@ class FedSemConfig:
         _check(-1 <= self.cluster_threshold <= 1, "fedsem.cluster-threshold", "must be in [-1, 1]")
         _check(0 <= self.confidence_weight <= 1, "fedsem.confidence-weight", "must be in [0, 1]")
         _check(self.max_answer_chars > 0, "fedsem.max-answer-chars", "must be positive")
+        _check(
+            self.samples_per_round >= 0,
+            "fedsem.samples-per-round",
+            "must be 0 (every prompt) or a positive count",
+        )
 
 
 @dataclass(frozen=True)
