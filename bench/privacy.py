@@ -26,13 +26,17 @@ per round, NLL on 8 test prompts. The curious server orders the public prompts:
 round 1 asks the canary questions, round 2 paraphrases of them; the other public
 slots ask member and non-member questions.
 
-Run from the project root (about 40 minutes on 2 CPU cores)::
+Run from the project root (about 70 minutes on 2 shared CPU cores)::
 
     .venv/bin/python bench/privacy.py
     .venv/bin/python bench/privacy.py --strategies fedsem --out /tmp/privacy
 
-Writes ``canary.md/.csv``, ``membership.md/.csv`` and ``privacy.json`` to the
-output folder (runs under ``runs/``, logs under ``logs/``).
+``fedavg-lora-dp`` is ``fedavg-lora`` with ``dp.noise-multiplier = --dp-noise`` and
+``dp.clipping-norm = --dp-clip`` (:mod:`fedsem_app.dp`). With ``--reuse``, runs and
+model views (``views/*.json``) already in ``--out`` are read instead of redone.
+
+Writes ``canary.md/.csv/.json`` and ``membership.md/.csv/.json`` to the output
+folder (runs under ``runs/``, logs under ``logs/``).
 """
 
 from __future__ import annotations
@@ -317,13 +321,36 @@ VIEWS = {
         ("client 2 (after pseudo-labels)", "client-2"),
     ],
     "fedavg-lora": [("server and every client (global adapter)", "global")],
+    "fedavg-lora-dp": [("every client (global adapter, DP)", "global")],
 }
+
+# Benchmark variants: name -> (strategy, extra run config from the arguments).
+VARIANTS = {
+    "local": ("local", lambda args: {}),
+    "fedsem": ("fedsem", lambda args: {}),
+    "fedavg-lora": ("fedavg-lora", lambda args: {}),
+    "fedavg-lora-dp": (
+        "fedavg-lora",
+        lambda args: {"dp.noise-multiplier": args.dp_noise, "dp.clipping-norm": args.dp_clip},
+    ),
+}
+
+
+def cached_view(folder: Path, name: str, compute) -> dict:
+    """A model view from ``views/<name>.json``, or computed and saved there (minutes each)."""
+    path = folder / "views" / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    view = compute()
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(view, indent=2) + "\n")
+    return view
 
 
 def main() -> None:
     """Plant canaries, run the strategies, measure every view, write the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--strategies", default="local,fedsem,fedavg-lora")
+    parser.add_argument("--strategies", default="local,fedsem,fedavg-lora,fedavg-lora-dp")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--records", type=int, default=260, help="rows of the planted file")
     parser.add_argument("--canaries", type=int, default=5)
@@ -336,6 +363,8 @@ def main() -> None:
     parser.add_argument("--non-members", type=int, default=60)
     parser.add_argument("--candidates", type=int, default=99, help="other codes per canary")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--dp-noise", type=float, default=1.0, help="fedavg-lora-dp's z")
+    parser.add_argument("--dp-clip", type=float, default=1.0, help="fedavg-lora-dp's C")
     parser.add_argument("--out", help="output folder (default /tmp/fedsem-bench/privacy-*)")
     parser.add_argument("--reuse", action="store_true", help="measure runs already in --out")
     args = parser.parse_args()
@@ -356,9 +385,10 @@ def main() -> None:
         name = f"{strategy}-privacy"
         if not (args.reuse and (folder / "runs" / name / "summary.json").is_file()):
             t0 = time.perf_counter()
+            real, extra = VARIANTS[strategy]
             record = run_strategy(
-                strategy,
-                flat,
+                real,
+                {**flat, **extra(args)},
                 folder / "runs",
                 name,
                 app_dir=ROOT,
@@ -376,6 +406,7 @@ def main() -> None:
     for strategy, run in runs.items():
         summary = json.loads((run / "summary.json").read_text())
         final_nll = summary.get("final", {}).get("nll", float("nan"))
+        dp_epsilon = summary.get("dp", {}).get("epsilon", float("inf"))
         if strategy == "fedsem":
             server = server_answers_view(run, layout)
             meta["fedsem-server"] = server
@@ -409,7 +440,11 @@ def main() -> None:
             )
         for party, adapter in VIEWS.get(strategy, []):
             t0 = time.perf_counter()
-            view = model_view(run / "final" / adapter, layout, args)
+            view = cached_view(
+                folder,
+                f"{strategy}-{adapter}",
+                lambda run=run, adapter=adapter: model_view(run / "final" / adapter, layout, args),
+            )
             print(f"  {strategy} {party}: {view} ({time.perf_counter() - t0:.0f} s)", flush=True)
             meta[f"{strategy}-{adapter}"] = view
             canary_rows.append(
@@ -421,6 +456,7 @@ def main() -> None:
                     "exposure-mean": view["exposure-mean"],
                     "exposure-max": view["exposure-max"],
                     "final-nll": final_nll,
+                    "epsilon": dp_epsilon,
                 }
             )
             mia_rows.append(
@@ -445,7 +481,8 @@ def main() -> None:
             ("verbatim", "secret verbatim in", ""),
             ("exposure-mean", f"exposure, mean (bits, max {bound:.2f})", ".2f"),
             ("exposure-max", "exposure, max", ".2f"),
-            ("final-nll", "final test NLL", ".3f"),
+            ("final-nll", "run's final test NLL", ".3f"),
+            ("epsilon", "DP epsilon", ".3g"),
         ],
     )
     mia_md = markdown(
