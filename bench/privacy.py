@@ -406,7 +406,7 @@ def main() -> None:
     for strategy, run in runs.items():
         summary = json.loads((run / "summary.json").read_text())
         final_nll = summary.get("final", {}).get("nll", float("nan"))
-        dp_epsilon = summary.get("dp", {}).get("epsilon", float("inf"))
+        dp_epsilon = summary.get("dp", {}).get("epsilon", "")  # blank: no DP
         if strategy == "fedsem":
             server = server_answers_view(run, layout)
             meta["fedsem-server"] = server
