@@ -1,8 +1,8 @@
 """Privacy, measured: what each party learns about client 0's private data.
 
-One command plants canaries in client 0's private data, runs ``local``, ``fedsem``
-and ``fedavg-lora`` through the real ``flwr run`` path on the same setting, and
-then measures, for every party's view:
+One command plants canaries in client 0's private data, runs ``local``, ``fedsem``,
+``fedavg-lora`` and ``fedavg-lora-dp`` through the real ``flwr run`` path on the
+same setting, and then measures, for every party's view:
 
 - **verbatim**: how many texts hold a canary's secret word for word: the answers
   the server received (fedsem, every answer kept with ``fedsem.samples-per-round =
