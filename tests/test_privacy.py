@@ -1,5 +1,6 @@
 """Privacy attack pieces (fedsem_app.privacy) with hand-worked expectations."""
 
+import json
 import math
 
 import numpy as np
@@ -78,3 +79,30 @@ def test_verbatim_hits_count_texts_holding_the_secret():
     texts = ["the code is 519817.", "519-817", "x519817y", "", "519817 and 519817"]
     assert verbatim_hits(texts, "519817") == 3
     assert verbatim_hits([], "519817") == 0
+
+
+def test_bench_plants_every_canary_in_client_0_and_asks_them_first(tmp_path):
+    import argparse
+
+    from bench.privacy import NUM_CLIENTS, build_data
+    from fedsem_app.config import DataConfig
+    from fedsem_app.data import load_partition, load_split
+
+    args = argparse.Namespace(
+        seed=42, records=260, canaries=5, copies=3, rounds=2, prompts_per_round=24, non_members=60
+    )
+    layout = build_data(args, tmp_path)
+    cfg = DataConfig(path=str(layout.path), partitioner="iid")
+    secrets = {c.secret for c in layout.canaries}
+    for k in range(NUM_CLIENTS):
+        rows = load_partition(cfg, 42, NUM_CLIENTS, k)
+        planted = [r for r in rows if any(s in r.answer for s in secrets)]
+        assert len(planted) == (15 if k == 0 else 0)
+    public = load_split(cfg, 42).public
+    assert [q.prompt for q in public[24:29]] == [c.paraphrase for c in layout.canaries]
+    # Probe questions: half of client 0's own, half from nobody's data; members and
+    # non-members of the loss attack are disjoint.
+    assert len(layout.probe_members) == 20 and len(layout.probe_non_members) == 18
+    assert not {q for q, _ in layout.members} & {q for q, _ in layout.non_members}
+    in_file = {json.loads(line)["prompt"] for line in layout.path.open()}
+    assert not in_file & {q for q, _ in layout.non_members}
