@@ -104,5 +104,9 @@ def test_bench_plants_every_canary_in_client_0_and_asks_them_first(tmp_path):
     # non-members of the loss attack are disjoint.
     assert len(layout.probe_members) == 20 and len(layout.probe_non_members) == 18
     assert not {q for q, _ in layout.members} & {q for q, _ in layout.non_members}
-    in_file = {json.loads(line)["prompt"] for line in layout.path.open()}
-    assert not in_file & {q for q, _ in layout.non_members}
+    # No non-member pair is in the file. The FAQ repeats 6 questions with different
+    # answers, and one of them falls on both sides (noted in BENCHMARKS.md).
+    in_file = {(r["prompt"], r["answer"]) for r in map(json.loads, layout.path.open())}
+    assert not in_file & set(layout.non_members)
+    shared = {q for q, _ in in_file} & {q for q, _ in layout.non_members}
+    assert shared == {"What are BAS-P and BAS-U?"}
