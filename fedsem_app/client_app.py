@@ -28,6 +28,7 @@ from fedsem_app.config import (
     load_node_config,
 )
 from fedsem_app.data import QAPair, load_node_private, load_partition
+from fedsem_app.dp import dp_clipping_mod
 from fedsem_app.energy import EnergyMeter
 from fedsem_app.evaluation import evaluate_client
 from fedsem_app.export import export_client, node_adapter_file, remember_run, saved_final_adapter
@@ -36,7 +37,9 @@ from fedsem_app.files import atomic_write
 from fedsem_app.tracking import progress_mod
 from fedsem_app.wire import pack_texts, unpack_texts
 
-app = ClientApp(mods=[progress_mod])  # a log line per message: visible in flwr run --stream
+# progress_mod: a log line per message (visible in flwr run --stream); dp_clipping_mod:
+# Flower's client-side clipping when the server asks for it (dp.clip-side='client').
+app = ClientApp(mods=[progress_mod, dp_clipping_mod])
 
 STATE_ADAPTER = "fedsem-adapter"  # key of this node's own adapter in context.state
 SERVER_TEXT_LIMIT = 256 * 2**20  # most bytes a compressed text list from the server may inflate to
