@@ -6,6 +6,7 @@ interrupted study resumes), then writes ``study.md`` / ``study.csv`` and the plo
 with :func:`fedsem_app.comparison.write_study`.
 
     python bench/study.py [--out DIR] [--seeds 1,2,3] [--variants local,pooled,...]
+    python bench/study.py --report-only ...   # tables from the runs that finished
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from pathlib import Path
 
 from fedsem_app.compare import DEFAULT_FEDERATION, default_app_dir, read_profile, run_strategy
 from fedsem_app.comparison import load_run, write_study
+
+# Two architectures under one federation: each model is held against the same model trained
+# locally (``local-hetero``).
+HETERO_MODELS = "smollm2-135m,gemma3-270m,smollm2-135m"
 
 # label -> (strategy, run-config overrides on top of the profile)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -28,7 +33,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fedsem-memory": ("fedsem", {"fedsem.label-memory": True}),
     "fedsem-share-0.5": ("fedsem", {"fedsem.pseudo-share": 0.5}),
     "fedsem-min-agreement": ("fedsem", {"fedsem.min-agreement": 0.8}),
+    "local-hetero": ("local", {"model.names": HETERO_MODELS}),
+    "fedsem-hetero": ("fedsem", {"model.names": HETERO_MODELS}),
 }
+
+
+def baseline(label: str) -> str:
+    """The local run a variant is held against: the same models, trained alone."""
+    return "local-hetero" if VARIANTS[label][1].get("model.names") == HETERO_MODELS else "local"
 
 
 def main() -> None:
@@ -44,6 +56,9 @@ def main() -> None:
         choices=("seed", "variant"),
         default="seed",
         help="seed: every variant of seed 1 first (partial results cover all)",
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the tables from finished runs only"
     )
     args = parser.parse_args()
     shared, compare = read_profile(args.profile)
@@ -63,6 +78,8 @@ def main() -> None:
         folder = out / "runs" / name
         if (folder / "summary.json").is_file():
             run = load_run(folder, strategy)
+        elif args.report_only:
+            continue
         else:
             run = run_strategy(
                 strategy,
@@ -75,7 +92,9 @@ def main() -> None:
             )
         run.label = variant
         runs.append(run)
-        write_study(runs, out, {"profile": f"`{args.profile.name}`", "seeds": args.seeds})
+        notes = {"profile": f"`{args.profile.name}`", "seeds": args.seeds}
+        baselines = {v: baseline(v) for v in variants if baseline(v) != v}
+        write_study(runs, out, notes, baselines)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +42,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedsem_app.config import AppConfig, ConfigError
+from fedsem_app.files import atomic_write, jsonable, toml_value
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -102,32 +101,6 @@ class Checkpoint:
     arrays: ArrayRecord | None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` atomically and durably: temp file, fsync, rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return repr(value)
-
-
 def resume_profile(config: Mapping[str, Any], folder: Path) -> str:
     """A run-config TOML file that resumes the run in ``folder`` with the same settings."""
     lines = [
@@ -135,7 +108,7 @@ def resume_profile(config: Mapping[str, Any], folder: Path) -> str:
         "# Raise num-server-rounds to run more rounds than planned.",
     ]
     flat = {**config, "resume-from": str(folder)}
-    lines += [f"{json.dumps(key)} = {_toml_value(value)}" for key, value in flat.items()]
+    lines += [f"{json.dumps(key)} = {toml_value(value)}" for key, value in flat.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -167,7 +140,7 @@ def save_checkpoint(
         data = safetensors_bytes(
             {key: np.ascontiguousarray(array.numpy()) for key, array in arrays.items()}
         )
-        _atomic_write(directory / name, data)
+        atomic_write(directory / name, data)
         written += len(data)
         # safetensors does not keep insertion order: keep it here, as Flower's FedAvg
         # and the clients see the keys in this order.
@@ -185,8 +158,8 @@ def save_checkpoint(
         "run": dict(run_state),
         "arrays": arrays_entry,
     }
-    data = (json.dumps(state, indent=1, default=_jsonable) + "\n").encode()
-    _atomic_write(directory / STATE_FILE, data)
+    data = (json.dumps(state, indent=1, default=jsonable) + "\n").encode()
+    atomic_write(directory / STATE_FILE, data)
     written += len(data)
     # Older arrays files go only now, when state.json no longer names them, and so do
     # temporary files that a run killed in the middle of a write left behind.
@@ -194,7 +167,7 @@ def save_checkpoint(
         if arrays_entry is None or old.name != arrays_entry["file"]:
             old.unlink(missing_ok=True)
     profile = resume_profile(config, folder).encode()
-    _atomic_write(directory / RESUME_FILE, profile)
+    atomic_write(directory / RESUME_FILE, profile)
     return written + len(profile)
 
 
@@ -270,6 +243,10 @@ def read_checkpoint(folder: Path) -> Checkpoint:
     )
 
 
+def _shown(value: Any) -> str:
+    return "(not set)" if value is None else toml_value(value)
+
+
 def open_resume(cfg: AppConfig) -> Checkpoint:
     """Read the checkpoint that ``resume-from`` names and check it fits this run config.
 
@@ -289,8 +266,8 @@ def open_resume(cfg: AppConfig) -> Checkpoint:
         raise ConfigError(
             key,
             f"the checkpoint in {str(checkpoint.folder)!r} was written with "
-            f"{key}={_toml_value(old)}, this run config says {key}={_toml_value(flat.get(key))}; "
-            f"a resumed run must keep it: pass {key}={_toml_value(old)} (or the checkpoint's "
+            f"{key}={_shown(old)}, this run config says {key}={_shown(flat.get(key))}; "
+            f"a resumed run must keep it: pass {key}={_shown(old)} (or the checkpoint's "
             f"{CHECKPOINT_DIR}/{RESUME_FILE} as --run-config), or start a new run without "
             "resume-from",
         )

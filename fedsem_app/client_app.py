@@ -9,7 +9,7 @@ comparison between them is fair: same data, same trainer, same evaluation.
 from __future__ import annotations
 
 import functools
-import os
+import io
 import time
 from pathlib import Path
 
@@ -28,15 +28,19 @@ from fedsem_app.config import (
     load_node_config,
 )
 from fedsem_app.data import QAPair, load_node_private, load_partition
+from fedsem_app.dp import dp_clipping_mod
 from fedsem_app.energy import EnergyMeter
 from fedsem_app.evaluation import evaluate_client
 from fedsem_app.export import export_client, node_adapter_file, remember_run, saved_final_adapter
 from fedsem_app.faults import ADAPTER_MODES, TEXT_MODES, corrupt_adapter, corrupt_answers
+from fedsem_app.files import atomic_write
 from fedsem_app.spec import node_config_with_spec
 from fedsem_app.tracking import progress_mod
 from fedsem_app.wire import pack_texts, unpack_texts
 
-app = ClientApp(mods=[progress_mod])  # a log line per message: visible in flwr run --stream
+# progress_mod: a log line per message (visible in flwr run --stream); dp_clipping_mod:
+# Flower's client-side clipping when the server asks for it (dp.clip-side='client').
+app = ClientApp(mods=[progress_mod, dp_clipping_mod])
 
 STATE_ADAPTER = "fedsem-adapter"  # key of this node's own adapter in context.state
 SERVER_TEXT_LIMIT = 256 * 2**20  # most bytes a compressed text list from the server may inflate to
@@ -97,9 +101,9 @@ def _save_adapter(state: dict[str, np.ndarray], path: Path) -> None:
     # A SuperNode keeps context.state in memory only; the file lets a restarted node
     # go on with its adapter. Write then rename: a crash never leaves half a file.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **state)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **state)
+    atomic_write(path, buffer.getvalue())
 
 
 def _restore_adapter(client, msg: Message, context: Context, cache_dir: Path) -> None:

@@ -58,6 +58,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from flwr.common.config import flatten_dict
+
 from fedsem_app.comparison import (
     RunRecord,
     load_run,
@@ -67,6 +69,7 @@ from fedsem_app.comparison import (
     write_study,
 )
 from fedsem_app.config import DEFAULT_HOME, ConfigError, load_app_config
+from fedsem_app.files import toml_value
 from fedsem_app.spec import SPEC_KEY, SpecError, check_strategy, read_spec
 from fedsem_app.strategies import get_strategy_class, strategy_names
 
@@ -77,18 +80,6 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 # --- profiles and run configs (pure) --------------------------------------------------
-
-
-def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested TOML tables -> flat dotted keys, as Flower's run config has them."""
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def read_profile(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -118,22 +109,14 @@ def read_profile(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         isinstance(s, int) and not isinstance(s, bool) for s in seeds
     ):
         raise ConfigError("compare.seeds", f"give a list of integers like [1, 2, 3], got {seeds!r}")
-    shared = flatten(raw)
+    try:
+        shared = flatten_dict(raw)
+    except ValueError as err:  # a list outside [compare]: run configs hold scalars only
+        raise ConfigError("profile", f"{err} (use a comma-separated string for a list)") from err
     fixed = sorted(set(shared) & {"strategy", "results-dir", "run-name"})
     if fixed:
         raise ConfigError(fixed[0], "is set per run by fedsem-compare; remove it from the profile")
     return shared, compare
-
-
-def toml_value(value: Any) -> str:
-    """A scalar as a TOML value (run configs hold no lists or tables)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    raise TypeError(f"run-config values must be scalars, got {value!r}")
 
 
 def run_config_text(flat: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsem_app.comm import human_bytes
+from fedsem_app.files import is_finite
 
 QUALITY = (("rouge-l", "ROUGE-L"), ("embed-sim", "embedding similarity"))
 
@@ -134,12 +135,8 @@ def load_run(
     return RunRecord(label, folder, rows, summary, config, error, wall_seconds)
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _values(rows: Sequence[Mapping[str, Any]], key: str) -> list[float]:
-    return [float(r[key]) for r in rows if _finite(r.get(key))]
+    return [float(r[key]) for r in rows if is_finite(r.get(key))]
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -164,16 +161,16 @@ def table_row(run: RunRecord) -> dict[str, Any]:
     }
     for key in ("rouge-l", "embed-sim", "nll"):
         values = _values(trained, key)
-        row[f"{key}-final"] = float(last[key]) if _finite(last.get(key)) else None
+        row[f"{key}-final"] = float(last[key]) if is_finite(last.get(key)) else None
         row[f"{key}-best"] = (min if key == "nll" else max)(values) if values else None
-    total = last.get("bytes-cumulative") if _finite(last.get("bytes-cumulative")) else None
+    total = last.get("bytes-cumulative") if is_finite(last.get("bytes-cumulative")) else None
     row["bytes-total"] = total
     row["bytes-per-round"] = total / len(trained) if total is not None and trained else None
     for key in ("train", "generate"):
         row[f"{key}-seconds-per-round"] = _mean(_values(rows, f"max-{key}-seconds"))
     row["server-seconds-per-round"] = _mean(_values(rows, "server-seconds"))
     row["run-seconds"] = (
-        float(last["elapsed-seconds"]) if _finite(last.get("elapsed-seconds")) else None
+        float(last["elapsed-seconds"]) if is_finite(last.get("elapsed-seconds")) else None
     )
     row["wall-seconds"] = run.wall_seconds
     return row
@@ -283,7 +280,7 @@ def _plot(runs: Sequence[RunRecord], path: Path, x_key: str, x_label: str, log_x
             points = [
                 (r[x_key], r[key])
                 for r in run.rows
-                if _finite(r.get(key)) and _finite(r.get(x_key)) and (r[x_key] > 0 or not log_x)
+                if is_finite(r.get(key)) and is_finite(r.get(x_key)) and (r[x_key] > 0 or not log_x)
             ]
             if points:
                 label = run.label if run.ok else f"{run.label} (failed)"
@@ -354,14 +351,14 @@ def gain_per_round(rows: Sequence[Mapping[str, Any]], key: str) -> dict[int, flo
     NLL improves downwards, so its gain is ``round-0 NLL - NLL``. Empty without a
     round-0 row.
     """
-    base = next((r[key] for r in rows if r.get("round") == 0 and _finite(r.get(key))), None)
+    base = next((r[key] for r in rows if r.get("round") == 0 and is_finite(r.get(key))), None)
     if base is None:
         return {}
     sign = GAIN_SIGN[key]
     return {
         int(r["round"]): sign * (float(r[key]) - base)
         for r in rows
-        if r.get("round", 0) > 0 and _finite(r.get(key))
+        if r.get("round", 0) > 0 and is_finite(r.get(key))
     }
 
 
@@ -420,13 +417,13 @@ def study_rows(
         done = ok[label]
         row: dict[str, Any] = {"label": label, "seeds": len(done), "failed": len(group) - len(done)}
         for metric in GAIN_SIGN:
-            finals = [float(r.rows[-1][metric]) for r in done if _finite(r.rows[-1].get(metric))]
+            finals = [float(r.rows[-1][metric]) for r in done if is_finite(r.rows[-1].get(metric))]
             gains = [max(g.items())[1] for r in done if (g := gain_per_round(r.rows, metric))]
             row[f"{metric}-final"], row[f"{metric}-final-std"] = _spread(finals)
             row[f"{metric}-gain"], row[f"{metric}-gain-std"] = _spread(gains)
             lows = [r.rows[-1].get(f"{metric}-low") for r in done]
             highs = [r.rows[-1].get(f"{metric}-high") for r in done]
-            if lows and all(_finite(v) for v in lows + highs):
+            if lows and all(is_finite(v) for v in lows + highs):
                 row[f"{metric}-ci-halfwidth"] = sum(
                     h - lo for lo, h in zip(lows, highs, strict=True)
                 ) / (2 * len(lows))
@@ -507,7 +504,7 @@ def plot_seeds(runs: Sequence[RunRecord], path: Path, metrics: Sequence[str] = (
             for run in runs:
                 if run.label == label and run.ok:
                     for row in run.rows:
-                        if _finite(row.get(metric)):
+                        if is_finite(row.get(metric)):
                             per_round.setdefault(int(row["round"]), []).append(float(row[metric]))
             if not per_round:
                 continue
@@ -534,11 +531,173 @@ def plot_seeds(runs: Sequence[RunRecord], path: Path, metrics: Sequence[str] = (
     plt.close(fig)
 
 
-def write_study(runs: Sequence[RunRecord], out: Path, notes: Mapping[str, str]) -> list[dict]:
-    """Write ``study.md``, ``study.csv`` and ``study_quality.png`` for runs over seeds."""
+def _seed(run: RunRecord) -> Any:
+    return run.config.get("seed", run.summary.get("seed"))
+
+
+def paired_rows(
+    runs: Sequence[RunRecord], baselines: Mapping[str, str], key: str = "nll"
+) -> list[dict[str, Any]]:
+    """Each variant's final ``key`` against its baseline's, paired by seed.
+
+    Seeds fix the data split and the initial adapters, so the per-seed difference
+    removes most of the spread that the split causes; a variant beats its baseline
+    only where the mean difference is larger than its standard deviation.
+
+    Parameters
+    ----------
+    runs
+        Finished runs, several per label (one per seed, ``config.json``'s ``seed``).
+    baselines
+        label -> the label it is held against (e.g. ``fedsem`` -> ``local``).
+    key
+        The metric; positive differences are improvements (``GAIN_SIGN``).
+
+    Returns
+    -------
+    list of dict
+        ``label``, ``baseline``, ``seeds`` (paired), ``better`` (seeds with a positive
+        difference), ``diff`` / ``diff-std`` and ``per-seed`` ({seed: difference}).
+    """
+    finals: dict[str, dict[Any, float]] = {}
+    for run in runs:
+        if run.ok and run.rows and is_finite(run.rows[-1].get(key)):
+            finals.setdefault(run.label, {})[_seed(run)] = float(run.rows[-1][key])
+    table = []
+    for label, baseline in baselines.items():
+        mine, theirs = finals.get(label, {}), finals.get(baseline, {})
+        diffs = {s: GAIN_SIGN[key] * (mine[s] - theirs[s]) for s in mine if s in theirs}
+        if not diffs:
+            continue
+        mean, std = _spread(list(diffs.values()))
+        table.append(
+            {
+                "label": label,
+                "baseline": baseline,
+                "seeds": len(diffs),
+                "better": sum(d > 0 for d in diffs.values()),
+                "diff": mean,
+                "diff-std": std,
+                "per-seed": dict(sorted(diffs.items())),
+            }
+        )
+    return table
+
+
+def model_finals(run: RunRecord, key: str = "nll") -> dict[str, dict[str, float]]:
+    """Per model of one run: mean ``key`` over its clients at round 0 and the last round.
+
+    Read from ``clients.jsonl`` (the evaluate rows, which name each client's model).
+    """
+    path = run.folder / "clients.jsonl" if run.folder else None
+    if path is None or not path.is_file():
+        return {}
+    values: dict[tuple[str, int], list[float]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("phase") == "evaluate" and is_finite(row.get(key)):
+            values.setdefault((row.get("model", ""), int(row["round"])), []).append(row[key])
+    out: dict[str, dict[str, float]] = {}
+    for model in sorted({m for m, _ in values}):
+        rounds = sorted(r for m, r in values if m == model)
+        first, last = values[(model, rounds[0])], values[(model, rounds[-1])]
+        out[model] = {"round-0": sum(first) / len(first), "final": sum(last) / len(last)}
+    return out
+
+
+def model_rows(
+    runs: Sequence[RunRecord], baselines: Mapping[str, str], key: str = "nll"
+) -> list[dict[str, Any]]:
+    """Per (variant, model): final ``key``, gain over round 0 and over the baseline's same model.
+
+    The baseline difference is paired by seed, as in :func:`paired_rows`; pick-share is
+    the share of the run's pseudo-labels that the model's answers won (FedSem only).
+    Only labels with more than one model are listed (the others are in :func:`paired_rows`).
+    """
+    per: dict[tuple[str, str], dict[Any, dict[str, float]]] = {}
+    shares: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        if not run.ok:
+            continue
+        for model, v in model_finals(run, key).items():
+            per.setdefault((run.label, model), {})[_seed(run)] = v
+            share = run.summary.get("pick-share", {}).get(model)
+            if share is not None:
+                shares.setdefault((run.label, model), []).append(float(share))
+    wanted = {label for label, _ in per if sum(lbl == label for lbl, _ in per) > 1}
+    sign = GAIN_SIGN[key]
+    table = []
+    for (label, model), by_seed in sorted(per.items()):
+        if label not in wanted:
+            continue
+        row: dict[str, Any] = {"label": label, "model": model, "seeds": len(by_seed)}
+        row["final"], row["final-std"] = _spread([v["final"] for v in by_seed.values()])
+        gains = [sign * (v["final"] - v["round-0"]) for v in by_seed.values()]
+        row["gain"], row["gain-std"] = _spread(gains)
+        base = per.get((baselines.get(label, ""), model), {})
+        diffs = [sign * (v["final"] - base[s]["final"]) for s, v in by_seed.items() if s in base]
+        if diffs:
+            row["baseline"] = baselines[label]
+            row["vs-baseline"], row["vs-baseline-std"] = _spread(diffs)
+            row["better"] = f"{sum(d > 0 for d in diffs)}/{len(diffs)}"
+        if (label, model) in shares:
+            row["pick-share"] = _spread(shares[(label, model)])[0]
+        table.append(row)
+    return table
+
+
+def paired_markdown(
+    paired: Sequence[Mapping[str, Any]], models: Sequence[Mapping[str, Any]], key: str = "nll"
+) -> str:
+    """The paired and per-model tables as Markdown (empty string when there are none)."""
+    text = ""
+    if paired:
+        text += (
+            f"\n{key} against the baseline, paired by seed (positive = better than the baseline)"
+            "\n\n| variant | baseline | seeds | better in | difference | per seed |\n"
+            "|---|---|---|---|---|---|\n"
+        )
+        for r in paired:
+            seeds = ", ".join(f"s{s}: {d:+.3f}" for s, d in r["per-seed"].items())
+            text += (
+                f"| {r['label']} | {r['baseline']} | {r['seeds']} | {r['better']}/{r['seeds']} "
+                f"| {_pm(r['diff'], r['diff-std'])} | {seeds} |\n"
+            )
+    if models:
+        text += (
+            f"\n{key} per model (mean over that model's clients)\n\n"
+            "| variant | model | seeds | final | gain over round 0 | vs baseline (same model) "
+            "| better in | pick-share |\n|---|---|---|---|---|---|---|---|\n"
+        )
+        for r in models:
+            vs = (
+                f"{_pm(r['vs-baseline'], r['vs-baseline-std'])} vs {r['baseline']}"
+                if "baseline" in r
+                else "-"
+            )
+            share = f"{r['pick-share']:.2f}" if r.get("pick-share") is not None else "-"
+            text += (
+                f"| {r['label']} | {r['model']} | {r['seeds']} | {_pm(r['final'], r['final-std'])} "
+                f"| {_pm(r['gain'], r['gain-std'])} | {vs} | {r.get('better', '-')} | {share} |\n"
+            )
+    return text
+
+
+def write_study(
+    runs: Sequence[RunRecord],
+    out: Path,
+    notes: Mapping[str, str],
+    baselines: Mapping[str, str] | None = None,
+) -> list[dict]:
+    """Write ``study.md``, ``study.csv`` and ``study_quality.png`` for runs over seeds.
+
+    ``baselines`` (label -> label) adds the paired-by-seed and per-model NLL tables.
+    """
     out.mkdir(parents=True, exist_ok=True)
     table = study_rows(runs)
-    (out / "study.md").write_text(study_markdown(table, notes))
+    baselines = baselines or {}
+    extra = paired_markdown(paired_rows(runs, baselines), model_rows(runs, baselines))
+    (out / "study.md").write_text(study_markdown(table, notes) + extra)
     keys = list(dict.fromkeys(k for row in table for k in row))
     with open(out / "study.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)

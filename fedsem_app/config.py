@@ -177,6 +177,9 @@ class FedSemConfig:
     # Whether answers cut at gen.max-new-tokens take part in the vote (unfinished
     # pseudo-labels are always trained on without EOS).
     vote_unfinished: bool = True
+    # Prompts per round whose every answer goes to consensus_samples.jsonl (0: all of
+    # them, e.g. to audit what the server received, as bench/privacy.py does).
+    samples_per_round: int = 5
 
     def __post_init__(self) -> None:
         _check(self.prompts_per_round > 0, "fedsem.prompts-per-round", "must be positive")
@@ -187,6 +190,11 @@ class FedSemConfig:
         _check(-1 <= self.cluster_threshold <= 1, "fedsem.cluster-threshold", "must be in [-1, 1]")
         _check(0 <= self.confidence_weight <= 1, "fedsem.confidence-weight", "must be in [0, 1]")
         _check(self.max_answer_chars > 0, "fedsem.max-answer-chars", "must be positive")
+        _check(
+            self.samples_per_round >= 0,
+            "fedsem.samples-per-round",
+            "must be 0 (every prompt) or a positive count",
+        )
 
 
 @dataclass(frozen=True)
@@ -236,6 +244,36 @@ class AggregationConfig:
             "aggregation.trim-fraction",
             f"must be in [0, 0.5), got {self.trim_fraction}",
         )
+
+
+DP_CLIP_SIDES = ("client", "server")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Central differential privacy for the parameter strategies (:mod:`fedsem_app.dp`).
+
+    ``noise_multiplier`` 0 turns it off. Otherwise each client's adapter update is
+    clipped to L2 norm ``clipping_norm`` (on the ``clip_side``), the updates are
+    averaged with equal weights and Gaussian noise of ``noise_multiplier x
+    clipping_norm / clients`` is added; epsilon is reported at ``delta``.
+    """
+
+    noise_multiplier: float = 0.0
+    clipping_norm: float = 1.0
+    clip_side: str = "server"
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _check(self.noise_multiplier >= 0, "dp.noise-multiplier", "must be >= 0 (0: no DP)")
+        _check(self.clipping_norm > 0, "dp.clipping-norm", "must be positive")
+        _check_choice(self.clip_side, DP_CLIP_SIDES, "dp.clip-side")
+        _check(0 < self.delta < 1, "dp.delta", f"must be in (0, 1), got {self.delta}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run adds DP noise."""
+        return self.noise_multiplier > 0
 
 
 FAULT_MODES = (
@@ -323,6 +361,7 @@ class AppConfig:
     fedit: FedITConfig = field(default_factory=FedITConfig)
     fedprox: FedProxConfig = field(default_factory=FedProxConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
     # Where each round's metrics go besides the run folder (fedsem_app.tracking).
@@ -335,6 +374,13 @@ class AppConfig:
         _check_choice(self.tracking, TRACKERS, "tracking")
         _check(self.min_clients > 0, "min-clients", "must be a positive integer")
         _check(self.round_timeout > 0, "round-timeout", "must be positive (seconds)")
+        _check(
+            not self.dp.enabled or self.aggregation.rule == "mean",
+            "dp.noise-multiplier",
+            f"DP noise is calibrated to the mean of clipped updates; aggregation.rule "
+            f"{self.aggregation.rule!r} is not covered: set aggregation.rule='mean' or "
+            "dp.noise-multiplier=0",
+        )
 
     @property
     def results_root(self) -> Path:

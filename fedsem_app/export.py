@@ -475,9 +475,16 @@ def write_index(
     final = folder / FINAL_DIR
     final.mkdir(parents=True, exist_ok=True)
     entries = []
+    # Which node wrote which folder: an audit (bench/privacy.py) must tell whose
+    # adapter is whose, and the server knows clients only by node id.
+    node_of = {str(Path(where["path"]).resolve()): node for node, where in reported.items()}
     for meta_file in sorted(final.glob(f"*/{META_FILE}")):
         meta = json.loads(meta_file.read_text())
-        entries.append({"folder": meta_file.parent.name, "path": str(meta_file.parent), **meta})
+        entry = {"folder": meta_file.parent.name, "path": str(meta_file.parent), **meta}
+        node = node_of.get(str(meta_file.parent.resolve()))
+        if node is not None:
+            entry["node-id"] = node
+        entries.append(entry)
     local = {e["path"] for e in entries}
     for node_id, where in sorted(reported.items()):
         if where["path"] not in local:

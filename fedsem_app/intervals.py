@@ -81,6 +81,42 @@ def ratio_interval(
     return _bounds(ratios.mean(axis=0), level)
 
 
+def two_sample_interval(
+    a: np.ndarray,
+    b: np.ndarray,
+    statistic,
+    *,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = SEED,
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of ``statistic(a, b)`` over two independent samples.
+
+    Each resample draws ``a`` and ``b`` with replacement, each within itself (a
+    stratified bootstrap: the group sizes stay fixed), as a membership-inference AUC
+    over members and non-members needs.
+
+    Parameters
+    ----------
+    a, b
+        The two samples (1-D, non-empty).
+    statistic
+        ``fn(a, b) -> float``.
+    resamples, level, seed
+        As in :func:`mean_interval`.
+
+    Returns
+    -------
+    tuple
+        ``(low, high)``.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    idx_a = _indices(a.size, resamples, seed)
+    idx_b = _indices(b.size, resamples, seed + 1)
+    stats = np.array([statistic(a[i], b[j]) for i, j in zip(idx_a, idx_b, strict=True)])
+    return _bounds(stats, level)
+
+
 def quality_intervals(records) -> dict[str, float]:
     """95 % intervals over prompts of ROUGE-L, embed-sim and NLL, averaged over clients.
 

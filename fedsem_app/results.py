@@ -16,9 +16,8 @@ gain is measured from it.
 from __future__ import annotations
 
 import csv
+import io
 import json
-import math
-import os
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -29,6 +28,7 @@ from typing import Any
 from flwr.common.logger import log
 
 from fedsem_app.comm import human_bytes
+from fedsem_app.files import atomic_write, is_finite, jsonable, write_json
 
 QUALITY_KEYS = ("rouge-l", "embed-sim")
 # Files that grow by appending during a round; a checkpoint keeps their sizes.
@@ -47,23 +47,10 @@ def make_run_folder(root: Path, run_name: str, strategy: str) -> Path:
     return folder
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (write a temp file, then rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return str(value)
-
-
 def format_progress(row: Mapping[str, Any], num_rounds: int) -> str:
     """One human line per round: quality, traffic and time."""
     quality = " ".join(
-        f"{k} {row[k]:.3f}" for k in ("rouge-l", "embed-sim", "nll") if _finite(row.get(k))
+        f"{k} {row[k]:.3f}" for k in ("rouge-l", "embed-sim", "nll") if is_finite(row.get(k))
     )
     return (
         f"[round {row['round']}/{num_rounds}] {quality or 'no evaluation'} | "
@@ -76,10 +63,6 @@ def format_progress(row: Mapping[str, Any], num_rounds: int) -> str:
         )
         + f"{row.get('round-seconds', 0):.1f} s"
     )
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 class RunLog:
@@ -125,7 +108,7 @@ class RunLog:
         with open(self.folder / "clients.jsonl", "a") as fh:
             for row in rows:
                 fh.write(
-                    json.dumps({"round": server_round, "phase": phase, **row}, default=_jsonable)
+                    json.dumps({"round": server_round, "phase": phase, **row}, default=jsonable)
                     + "\n"
                 )
 
@@ -133,7 +116,7 @@ class RunLog:
         """Append consensus samples (prompt, every client's answer, the choice)."""
         with open(self.folder / "consensus_samples.jsonl", "a") as fh:
             for sample in samples:
-                fh.write(json.dumps({"round": server_round, **sample}, default=_jsonable) + "\n")
+                fh.write(json.dumps({"round": server_round, **sample}, default=jsonable) + "\n")
 
     def close_round(self, server_round: int) -> dict[str, Any]:
         """Finish the round: bytes deltas, seconds, files, plots and a progress line."""
@@ -157,12 +140,11 @@ class RunLog:
     def _write(self) -> None:
         write_json(self.folder / "metrics.json", self.rows)
         columns = sorted({k for row in self.rows for k in row}, key=_column_order)
-        tmp = self.folder / "metrics.csv.tmp"
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.folder / "metrics.csv")
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.folder / "metrics.csv", text.getvalue().encode())
         try:
             plot_run(self.rows, self.folder)
         except Exception as err:  # noqa: BLE001 - a plot must never end a run
@@ -218,13 +200,13 @@ class RunLog:
                 summary["gain-over-round-0"] = {
                     k: (start[k] - last[k]) if k == "nll" else (last[k] - start[k])
                     for k in ("rouge-l", "embed-sim", "nll")
-                    if _finite(start.get(k)) and _finite(last.get(k))
+                    if is_finite(start.get(k)) and is_finite(last.get(k))
                 }
             shares = pick_share_totals(self.rows)
             if shares:
                 summary["pick-share"] = shares
             for key in QUALITY_KEYS:
-                values = [r[key] for r in trained if _finite(r.get(key))]
+                values = [r[key] for r in trained if is_finite(r.get(key))]
                 if values:
                     summary[f"best-{key}"] = max(values)
             summary["bytes-total"] = last.get("bytes-cumulative", 0)
@@ -278,14 +260,14 @@ def plot_run(rows: list[Mapping[str, Any]], folder: Path) -> None:
     fig, (ax, ax_nll) = plt.subplots(1, 2, figsize=(9, 3.5))
     for axis, keys in ((ax, QUALITY_KEYS), (ax_nll, ("nll",))):
         for key in keys:
-            points = [(r["round"], r[key]) for r in rows if _finite(r.get(key))]
+            points = [(r["round"], r[key]) for r in rows if is_finite(r.get(key))]
             if not points:
                 continue
             (line,) = axis.plot(*zip(*points, strict=True), marker="o", label=key)
             band = [
                 (r["round"], r[f"{key}-low"], r[f"{key}-high"])
                 for r in rows
-                if _finite(r.get(f"{key}-low")) and _finite(r.get(f"{key}-high"))
+                if is_finite(r.get(f"{key}-low")) and is_finite(r.get(f"{key}-high"))
             ]
             if band:
                 xs, lows, highs = zip(*band, strict=True)

@@ -16,7 +16,7 @@ from fedsem_app.data import load_split
 from fedsem_app.export import FinalAdapterWatch, run_config_record, write_final
 from fedsem_app.results import RunLog, make_run_folder
 from fedsem_app.spec import FederationSpec, apply_spec, check_strategy, spec_summary
-from fedsem_app.strategies import get_strategy_class, shared_model_problem
+from fedsem_app.strategies import STRATEGIES, get_strategy_class, shared_model_problem
 from fedsem_app.tracking import open_tracker, tracked
 
 app = ServerApp()
@@ -41,6 +41,13 @@ def check_setup(cfg: AppConfig, spec: FederationSpec | None = None):
     problem = shared_model_problem(cfg.strategy, cfg.model.names)
     if problem:
         raise ConfigError("model.names", problem)
+    if cfg.dp.enabled and not strategy_cls.supports_dp:
+        supported = sorted(n for n, c in STRATEGIES.items() if c.supports_dp)
+        raise ConfigError(
+            "dp.noise-multiplier",
+            f"strategy {cfg.strategy!r} has no DP option; it applies to "
+            f"{', '.join(supported)} (fedsem: see README, Privacy); set dp.noise-multiplier=0",
+        )
     split = load_split(cfg.data, cfg.seed)
     if cfg.fedsem.prompts_per_round > len(split.public):
         raise ConfigError(
@@ -144,7 +151,12 @@ def main(grid: Grid, context: Context) -> None:
     )
     global_arrays, reported = run_rounds(strategy, cfg, meter, folder, arrays)
     summary = run_log.finish(
-        {"strategy": cfg.strategy, "results": str(folder), "flwr-run-id": context.run_id}
+        {
+            "strategy": cfg.strategy,
+            "results": str(folder),
+            "flwr-run-id": context.run_id,
+            **strategy.privacy_summary(),
+        }
     )
     write_final(cfg, folder, summary, reported, global_arrays)
     tracker.close()

@@ -385,7 +385,7 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypa
             raise OSError("killed")
         real_replace(src, dst)
 
-    monkeypatch.setattr("fedsem_app.checkpoint.os.replace", die_on_state)
+    monkeypatch.setattr("fedsem_app.files.os.replace", die_on_state)
     with pytest.raises(OSError):
         write_checkpoint(folder, server_round=3, arrays=after)
     # The round-3 arrays are on disk, but state.json still names round 2's.
@@ -393,7 +393,7 @@ def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypa
     assert checkpoint.round == 2 and checkpoint.arrays["w"].data == before["w"].data
     assert "state.json.tmp" in layout(folder / CHECKPOINT_DIR)
 
-    monkeypatch.setattr("fedsem_app.checkpoint.os.replace", real_replace)
+    monkeypatch.setattr("fedsem_app.files.os.replace", real_replace)
     write_checkpoint(folder, server_round=3, arrays=after)
     assert read_checkpoint(folder).arrays["w"].data == after["w"].data
     assert layout(folder / CHECKPOINT_DIR) == [

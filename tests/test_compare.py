@@ -10,7 +10,6 @@ import pytest
 
 from fedsem_app.compare import (
     failure_reason,
-    flatten,
     main,
     read_profile,
     run_config_text,
@@ -187,7 +186,12 @@ def test_profile_errors(tmp_path):
     bad.write_text('[compare]\nstrategy = ["fedsem"]\n')
     with pytest.raises(ConfigError, match="compare.strategy"):
         read_profile(bad)
-    assert flatten({"a": 1, "t": {"b": "x"}}) == {"a": 1, "t.b": "x"}
+    bad.write_text('[model]\nnames = ["a", "b"]\n[compare]\nstrategies = ["fedsem"]\n')
+    with pytest.raises(ConfigError, match="comma-separated string"):
+        read_profile(bad)
+    good = tmp_path / "good.toml"
+    good.write_text('a = 1\n[t]\nb = "x"\n[compare]\nstrategies = ["fedsem"]\n')
+    assert read_profile(good)[0] == {"a": 1, "t.b": "x"}
 
 
 def test_failure_reason_picks_the_exception_line():

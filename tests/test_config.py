@@ -68,6 +68,7 @@ def test_unknown_key_suggests_the_close_one():
         ("train.local-steps", "four", "expected an integer"),
         ("data.public-fraction", 0.8, "private pool"),
         ("model.template", "xml", "allowed values: alpaca, chat, plain"),
+        ("fedsem.samples-per-round", -1, "0 \\(every prompt\\)"),
     ],
 )
 def test_bad_values_name_the_key(key, value, match):

@@ -1,5 +1,6 @@
 """Consensus at every K, unfinished answers, pick-share, label memory, round 0, intervals."""
 
+import json
 import math
 
 import numpy as np
@@ -9,7 +10,14 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from fedsem_app import protocol as p
 from fedsem_app.clients.base import mixed_batches
 from fedsem_app.comm import MeteredGrid
-from fedsem_app.comparison import RunRecord, first_reaching, gain_per_round, study_rows
+from fedsem_app.comparison import (
+    RunRecord,
+    first_reaching,
+    gain_per_round,
+    model_rows,
+    paired_rows,
+    study_rows,
+)
 from fedsem_app.config import load_app_config
 from fedsem_app.consensus import consensus, text_key
 from fedsem_app.data import load_split
@@ -143,6 +151,54 @@ def test_study_rows_spread_and_cost_to_target():
     assert table["pooled"]["bytes-to-target"] == 20
     assert table["local"]["target-reached"] == "0/1" and table["local"]["nll-gain-std"] is None
     assert table["local"]["bytes-per-round"] == pytest.approx(1.0)
+
+
+def test_paired_by_seed_against_the_baseline():
+    runs = [
+        RunRecord("local", None, rows([3.0, 2.50]), {}, {"seed": 1}),
+        RunRecord("local", None, rows([3.0, 2.70]), {}, {"seed": 2}),
+        RunRecord("fedsem", None, rows([3.0, 2.45]), {}, {"seed": 1}),
+        RunRecord("fedsem", None, rows([3.0, 2.72]), {}, {"seed": 2}),
+        RunRecord("fedsem", None, rows([3.0, 2.00]), {}, {"seed": 3}),  # no local s3: unpaired
+    ]
+    (row,) = paired_rows(runs, {"fedsem": "local", "pooled": "local"})  # no pooled runs
+    # NLL is lower-better: s1 2.50 - 2.45 = +0.05, s2 2.70 - 2.72 = -0.02
+    assert row["per-seed"] == pytest.approx({1: 0.05, 2: -0.02})
+    assert row["seeds"] == 2 and row["better"] == 1
+    assert row["diff"] == pytest.approx(0.015)
+    assert row["diff-std"] == pytest.approx(math.sqrt(2 * 0.035**2))  # sample std of 2 values
+
+
+def test_per_model_gain_against_the_same_model_trained_alone(tmp_path):
+    def run(label, seed, nll, share=None):
+        folder = tmp_path / f"{label}-{seed}"
+        folder.mkdir()
+        lines = [
+            {"round": r, "phase": phase, "model": m, "nll": v}
+            for r, per_model in ((0, {"a": [3.0, 3.2], "b": [4.0]}), (2, nll))
+            for m, values in per_model.items()
+            for v in values
+            for phase in ("train", "evaluate")
+        ]
+        (folder / "clients.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        summary = {"pick-share": share} if share else {}
+        return RunRecord(label, folder, rows([3.0, 2.0]), summary, {"seed": seed})
+
+    runs = [
+        run("local-hetero", 1, {"a": [2.6, 2.8], "b": [3.5]}),
+        run("fedsem-hetero", 1, {"a": [2.5, 2.5], "b": [3.6]}, {"a": 0.75, "b": 0.25}),
+    ]
+    table = {
+        (r["label"], r["model"]): r for r in model_rows(runs, {"fedsem-hetero": "local-hetero"})
+    }
+    fa, fb = table[("fedsem-hetero", "a")], table[("fedsem-hetero", "b")]
+    # model a: round 0 mean 3.1, final 2.5 -> gain 0.6; local's a ends at 2.7 -> +0.2
+    assert fa["final"] == pytest.approx(2.5) and fa["gain"] == pytest.approx(0.6)
+    assert fa["vs-baseline"] == pytest.approx(0.2) and fa["better"] == "1/1"
+    # model b: 4.0 -> 3.6, gain 0.4, worse than local's 3.5 by 0.1
+    assert fb["gain"] == pytest.approx(0.4) and fb["vs-baseline"] == pytest.approx(-0.1)
+    assert fb["better"] == "0/1" and fb["pick-share"] == 0.25
+    assert "vs-baseline" not in table[("local-hetero", "a")]
 
 
 # --- the strategy: unfinished answers, memory, round 0 ------------------------------------

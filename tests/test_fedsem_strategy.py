@@ -112,6 +112,17 @@ def test_consensus_picks_the_agreeing_answer_and_sends_it_back(tmp_path):
     assert chosen in ("scripted-0", "scripted-2")
 
 
+def test_samples_per_round_zero_keeps_every_answer_the_server_received(tmp_path):
+    # 2 rounds x 7 prompts: the default would log 5 a round; 0 logs all 14.
+    behaviour = [answer_all(GOOD), answer_all(OFF_TOPIC)]
+    _, _, _, folder = run(
+        tmp_path, behaviour, **{"fedsem.prompts-per-round": 7, "fedsem.samples-per-round": 0}
+    )
+    samples = [json.loads(line) for line in (folder / "consensus_samples.jsonl").open()]
+    assert [s["round"] for s in samples] == [1] * 7 + [2] * 7
+    assert all(len(s["answers"]) == 2 for s in samples)
+
+
 def test_bad_clients_are_dropped_and_the_round_goes_on(tmp_path):
     def crash(prompts, ids):
         raise RuntimeError("out of memory")

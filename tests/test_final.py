@@ -85,6 +85,8 @@ def test_each_fedsem_client_saves_its_adapter_with_a_card(fedsem_run, cache_dir)
             np.testing.assert_array_equal(saved[key], state[key].numpy())
     index = json.loads((final / "index.json").read_text())
     assert [e["folder"] for e in index["adapters"]] == ["client-0", "client-1"]
+    # The fake Grid's node ids are partition + 1: the index says which node wrote which.
+    assert [e["node-id"] for e in index["adapters"]] == [1, 2]
     assert index["rounds"] == 2 and set(index["final"]) == {"rouge-l", "embed-sim", "nll"}
     assert "client-1" in (final / "README.md").read_text()
     # Flower's run id is kept with the results; the run's node adapters left the cache.

@@ -306,7 +306,9 @@ def load_client(
 
     """
     check_model_name(model_name)
-    key = (model_name, device, lora, template, seed)
+    # The cache folder is part of the key: a model of the same name built in another
+    # folder is another set of files (tests use one folder per module).
+    key = (model_name, str(cache_dir), device, lora, template, seed)
     if key in _CLIENT_CACHE:
         return _CLIENT_CACHE[key]
     model, tokenizer, architecture = load_base_model(model_name, cache_dir, device)

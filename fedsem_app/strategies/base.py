@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedsem_app import protocol as p
@@ -69,6 +69,7 @@ class AppStrategy(FedAvg):
     name: ClassVar[str] = ""
     needs_shared_model: ClassVar[bool] = False
     evaluates_every_node: ClassVar[bool] = True
+    supports_dp: ClassVar[bool] = False  # dp.noise-multiplier > 0 allowed (fedsem_app.dp)
     # The client names of a federation spec: round 0 checks the nodes against them.
     expected_clients: tuple[str, ...] = ()
 
@@ -266,7 +267,14 @@ class AppStrategy(FedAvg):
         offset = self.first_round - 1
         if offset == 0:
             self.evaluate_round_zero(grid, initial_arrays, timeout, evaluate_config)
-        shifted = RoundShift(self, offset, self.save_checkpoint)
+        rounds: Strategy = self
+        if self.app.dp.enabled:
+            from fedsem_app.dp import wrap
+
+            # Flower's DP wrapper sits in the round loop only (round 0 releases nothing).
+            num_clients = len(self.sample(grid, self.fraction_train, self.min_train_nodes))
+            rounds = wrap(self, self.app.dp, num_clients)
+        shifted = RoundShift(rounds, offset, self.save_checkpoint)
         if evaluate_fn is not None:
             unshifted = evaluate_fn
 
@@ -364,10 +372,17 @@ class AppStrategy(FedAvg):
         kept, arrays = vetted, None
         if self.enough(server_round, "train", len(kept)):
             arrays = self.combine(server_round, kept)
-        metrics = self.record_train(
-            server_round, kept, dropped, {"server-seconds": time.perf_counter() - t0}
-        )
+        extra = {"server-seconds": time.perf_counter() - t0, **self.round_extras(server_round)}
+        metrics = self.record_train(server_round, kept, dropped, extra)
         return arrays, metrics
+
+    def round_extras(self, server_round: int) -> dict[str, Any]:
+        """Extra columns of a training round's row (none here; the DP epsilon in FedAvgLora)."""
+        return {}
+
+    def privacy_summary(self) -> dict[str, Any]:
+        """What ``summary.json`` says about DP (nothing unless the strategy adds noise)."""
+        return {}
 
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
         """Combine vetted replies' arrays: FedAvg's weighted mean unless overridden."""

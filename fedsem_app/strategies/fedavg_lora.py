@@ -123,6 +123,7 @@ class FedAvgLora(AppStrategy):
 
     name = "fedavg-lora"
     needs_shared_model = True
+    supports_dp = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -165,11 +166,47 @@ class FedAvgLora(AppStrategy):
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
         """FedAvg's weighted mean, or the robust rule set by ``aggregation.rule``."""
         cfg = self.app.aggregation
-        if cfg.rule == "mean":
+        if cfg.rule == "mean" and not self.app.dp.enabled:
             return super().combine(server_round, replies)
         adapters = [{k: v.numpy() for k, v in msg.content[p.ADAPTER].items()} for msg in replies]
-        combined = robust_combine(adapters, cfg)
+        if self.app.dp.enabled:
+            # DP's noise is calibrated to one client's share of an equal-weight mean
+            # (clipping norm / clients): weighting by examples would let a large client
+            # move the mean further than the noise covers.
+            combined = {
+                k: np.mean(np.stack([a[k] for a in adapters]), axis=0).astype(first.dtype)
+                for k, first in adapters[0].items()
+            }
+        else:
+            combined = robust_combine(adapters, cfg)
         return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in combined.items()})
+
+    def round_extras(self, server_round: int) -> dict[str, Any]:
+        """With DP: epsilon of this round and after every round so far (``dp-epsilon``)."""
+        if not self.app.dp.enabled:
+            return {}
+        from fedsem_app.dp import round_metrics
+
+        return round_metrics(self.app.dp, server_round)
+
+    def privacy_summary(self) -> dict[str, Any]:
+        """With DP: its settings and the total epsilon over the run's rounds."""
+        dp = self.app.dp
+        if not dp.enabled:
+            return {}
+        from fedsem_app.dp import epsilon
+
+        return {
+            "dp": {
+                "noise-multiplier": dp.noise_multiplier,
+                "clipping-norm": dp.clipping_norm,
+                "clip-side": dp.clip_side,
+                "delta": dp.delta,
+                "rounds": self.app.num_server_rounds,
+                "epsilon": epsilon(dp.noise_multiplier, self.app.num_server_rounds, dp.delta),
+                "accountant": "dp-accounting RDP, Gaussian, no sampling, add-or-remove-one client",
+            }
+        }
 
     def check_adapter(self, server_round: int, message: Message) -> bool:
         """Accept a returned adapter only if it matches the global one and is finite."""

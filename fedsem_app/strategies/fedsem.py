@@ -23,8 +23,6 @@ from fedsem_app.strategies import register_strategy
 from fedsem_app.strategies.base import TRAIN_METRICS, AppStrategy, qa_record
 from fedsem_app.validation import ValidAnswers, check_answers
 
-NUM_SAMPLES = 5  # prompts per round written to consensus_samples.jsonl
-
 
 def public_slice(public: Sequence[QAPair], server_round: int, budget: int) -> list[QAPair]:
     """The round's public prompts: consecutive windows that wrap around the public set."""
@@ -327,6 +325,7 @@ class FedSem(AppStrategy):
         by_model: dict[str, float] = {}
         for owner, share in zip(owners, shares, strict=True):
             by_model[f"pick-share-{owner}"] = by_model.get(f"pick-share-{owner}", 0.0) + share
+        num_samples = cfg.samples_per_round or len(prompts)
         self.run_log.add_samples(
             server_round,
             [
@@ -349,7 +348,7 @@ class FedSem(AppStrategy):
                     "agreement": float(result.agreement[i]),
                     "abstained": bool(result.abstained[i]),
                 }
-                for i in range(min(NUM_SAMPLES, len(prompts)))
+                for i in range(min(num_samples, len(prompts)))
             ],
         )
         valid_agreement = result.agreement[~result.abstained]
