@@ -305,6 +305,13 @@ class AppConfig:
     num_server_rounds: int = 3
     seed: int = 42
     min_clients: int = 2
+    # Client sampling, as Flower's FedAvg does it: each round trains (evaluates) a
+    # random fraction of the connected nodes, but at least min-train-nodes
+    # (min-evaluate-nodes; 0: min-clients). fedit samples with fedit.fraction-train.
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_train_nodes: int = 0
+    min_evaluate_nodes: int = 0
     round_timeout: float = 3600.0
     results_dir: str = ""
     run_name: str = ""
@@ -331,7 +338,32 @@ class AppConfig:
 
         _check_choice(self.tracking, TRACKERS, "tracking")
         _check(self.min_clients > 0, "min-clients", "must be a positive integer")
+        for key, value in (
+            ("fraction-train", self.fraction_train),
+            ("fraction-evaluate", self.fraction_evaluate),
+        ):
+            _check(0 < value <= 1, key, f"must be in (0, 1], got {value}")
+        for key, value in (
+            ("min-train-nodes", self.min_train_nodes),
+            ("min-evaluate-nodes", self.min_evaluate_nodes),
+        ):
+            _check(
+                value == 0 or value >= self.min_clients,
+                key,
+                f"must be 0 (= min-clients) or at least min-clients={self.min_clients}, "
+                f"got {value}: a round needs min-clients usable replies",
+            )
         _check(self.round_timeout > 0, "round-timeout", "must be positive (seconds)")
+
+    @property
+    def train_floor(self) -> int:
+        """Fewest nodes a round trains: ``min-train-nodes``, or ``min-clients`` for 0."""
+        return self.min_train_nodes or self.min_clients
+
+    @property
+    def evaluate_floor(self) -> int:
+        """Fewest nodes a round evaluates: ``min-evaluate-nodes``, or ``min-clients`` for 0."""
+        return self.min_evaluate_nodes or self.min_clients
 
     @property
     def results_root(self) -> Path:
