@@ -223,14 +223,24 @@ class AggregationConfig:
     ``mean`` is FedAvg's average weighted by example count; ``median`` (Flower's
     FedMedian) and ``trimmed-mean`` (Flower's FedTrimmedAvg, cutting
     ``trim_fraction`` of the values at each end) are unweighted, per coordinate,
-    and bound what a few malicious clients can do.
+    and bound what a few malicious clients can do. ``quantize`` sends the adapters
+    as int8 or int4 codes (scales per ``quantize_scales``) instead of float32; the
+    server decodes them before it combines them.
     """
 
     rule: str = "mean"
     trim_fraction: float = 0.2
+    # Adapters on the wire (both directions): float32 ("none"), or symmetric int8 /
+    # int4 codes with one float32 scale per tensor or per row (fedsem_app.quantize).
+    quantize: str = "none"
+    quantize_scales: str = "row"
 
     def __post_init__(self) -> None:
+        from fedsem_app.quantize import BITS, SCALE_MODES
+
         _check_choice(self.rule, AGGREGATION_RULES, "aggregation.rule")
+        _check_choice(self.quantize, ("none", *BITS), "aggregation.quantize")
+        _check_choice(self.quantize_scales, SCALE_MODES, "aggregation.quantize-scales")
         _check(
             0 <= self.trim_fraction < 0.5,
             "aggregation.trim-fraction",

@@ -105,12 +105,17 @@ def payload_bytes(shape: tuple[int, ...], bits: int, scales: str) -> int:
 
 def encode_array(x: np.ndarray, code: str, scales: str) -> Array:
     """One tensor as a self-describing quantized Array (see the module docstring)."""
+    if code not in BITS or scales not in SCALE_MODES:
+        raise QuantizeError(
+            f"cannot quantize with {code!r} / {scales!r}; allowed: {', '.join(BITS)} "
+            f"with scales {', '.join(SCALE_MODES)}"
+        )
     bits = BITS[code]
     codes, scale = quantize(x, bits, scales)
     packed = codes.tobytes() if bits == 8 else pack_int4(codes)
     return Array(
         dtype=str(np.dtype(np.float32)),
-        shape=list(np.shape(x)),
+        shape=tuple(int(n) for n in np.shape(x)),
         stype=f"{STYPE_PREFIX}{code}.{scales}",
         data=scale.astype("<f4").tobytes() + packed,
     )
