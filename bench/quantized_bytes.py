@@ -1,4 +1,4 @@
-"""Bytes of a model's LoRA adapter on the wire: float32 against int8 / int4 (``aggregation.quantize``).
+"""Bytes of a LoRA adapter on the wire: float32 against int8 / int4 (aggregation.quantize).
 
 For one model's real adapter (the app's client class, ``lora.*`` defaults: rank 8 on
 the attention projections), every code and scale mode:
