@@ -113,6 +113,9 @@ class GenerationConfig:
 
     max_new_tokens: int = 48
     batch_size: int = 16
+    # Batch prompts of similar token length together (less left padding per batch);
+    # answers come back in prompt order either way.
+    sort_by_length: bool = False
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens > 0, "gen.max-new-tokens", "must be a positive integer")
