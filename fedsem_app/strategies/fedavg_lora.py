@@ -106,9 +106,12 @@ class FedAvgLora(AppStrategy):
     Train message to the client:
         ``config`` ConfigRecord with ``server-round`` and ``return-adapter`` (true);
         ``adapter`` ArrayRecord holding the global LoRA adapter (tensor name ->
-        float32 array), to load before training.
+        float32 array), to load before training; with ``aggregation.quantize`` the
+        config also carries ``quantize`` / ``quantize-scales`` and every tensor comes
+        as a quantized Array (:mod:`fedsem_app.quantize`), to decode first.
     The client must reply with:
-        ``adapter`` ArrayRecord with the same tensor names, shapes and dtypes,
+        ``adapter`` ArrayRecord with the same tensor names, shapes and dtypes
+        (quantized as the config asks, if it asks; decoded by the server),
         finite values, and no other ArrayRecord; ``metrics`` MetricRecord with
         ``num-examples`` (its private-data size, the averaging weight) and
         ``train-loss``; ``info`` ConfigRecord with ``model-name``.
