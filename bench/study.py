@@ -27,6 +27,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "pooled": ("pooled", {}),
     "fedsem": ("fedsem", {}),
     "fedavg-lora": ("fedavg-lora", {}),
+    # The compressed-adapter baselines: the adapter quantized on the wire, both ways.
+    "fedavg-lora-int8": ("fedavg-lora", {"aggregation.quantize": "int8"}),
+    "fedavg-lora-int4": ("fedavg-lora", {"aggregation.quantize": "int4"}),
     "fedprox-lora": ("fedprox-lora", {}),
     "fedit": ("fedit", {"fedit.fraction-train": 1.0}),
     "fedsem-confidence": ("fedsem", {"fedsem.consensus": "confidence"}),

@@ -34,6 +34,7 @@ from fedsem_app.evaluation import evaluate_client
 from fedsem_app.export import export_client, node_adapter_file, remember_run, saved_final_adapter
 from fedsem_app.faults import ADAPTER_MODES, TEXT_MODES, corrupt_adapter, corrupt_answers
 from fedsem_app.files import atomic_write
+from fedsem_app.quantize import decode_record, encode_record
 from fedsem_app.spec import node_config_with_spec
 from fedsem_app.tracking import progress_mod
 from fedsem_app.wire import pack_texts, unpack_texts
@@ -114,7 +115,7 @@ def _restore_adapter(client, msg: Message, context: Context, cache_dir: Path) ->
     saved = adapter_file(cache_dir, context, client.name)
     config = msg.content.get(p.TRAIN_CONFIG, ConfigRecord())
     if isinstance(sent, ArrayRecord) and len(sent) > 0:
-        client.set_adapter({k: v.numpy() for k, v in sent.items()})
+        client.set_adapter(decode_record(sent))  # quantized on the wire or float32
     elif STATE_ADAPTER in context.state:
         client.set_adapter({k: v.numpy() for k, v in context.state[STATE_ADAPTER].items()})
     elif saved.is_file():
@@ -222,10 +223,15 @@ def train(msg: Message, context: Context) -> Message:
             }
         )
     if config.get(p.RETURN_ADAPTER, False):
+        code = str(config.get(p.QUANTIZE, "none"))
         content[p.ADAPTER] = context.state[STATE_ADAPTER]
         if faulty and cfg.fault.mode in ADAPTER_MODES:
-            state = corrupt_adapter(cfg.fault, client.adapter_state(), rng)
-            content[p.ADAPTER] = _adapter_record(state)
+            trained = corrupt_adapter(cfg.fault, client.adapter_state(), rng)
+            content[p.ADAPTER] = _adapter_record(trained)
+        if code != "none":  # the strategy asked for the adapter quantized on the wire
+            content[p.ADAPTER] = encode_record(
+                trained, code, str(config.get(p.QUANTIZE_SCALES, "row"))
+            )
     metrics.update(meter.stop().as_metrics())
     content[p.METRICS] = MetricRecord(metrics)
     return Message(content=content, reply_to=msg)

@@ -113,6 +113,9 @@ class GenerationConfig:
 
     max_new_tokens: int = 48
     batch_size: int = 16
+    # Batch prompts of similar token length together (less left padding per batch);
+    # answers come back in prompt order either way.
+    sort_by_length: bool = False
 
     def __post_init__(self) -> None:
         _check(self.max_new_tokens > 0, "gen.max-new-tokens", "must be a positive integer")
@@ -231,14 +234,24 @@ class AggregationConfig:
     ``mean`` is FedAvg's average weighted by example count; ``median`` (Flower's
     FedMedian) and ``trimmed-mean`` (Flower's FedTrimmedAvg, cutting
     ``trim_fraction`` of the values at each end) are unweighted, per coordinate,
-    and bound what a few malicious clients can do.
+    and bound what a few malicious clients can do. ``quantize`` sends the adapters
+    as int8 or int4 codes (scales per ``quantize_scales``) instead of float32; the
+    server decodes them before it combines them.
     """
 
     rule: str = "mean"
     trim_fraction: float = 0.2
+    # Adapters on the wire (both directions): float32 ("none"), or symmetric int8 /
+    # int4 codes with one float32 scale per tensor or per row (fedsem_app.quantize).
+    quantize: str = "none"
+    quantize_scales: str = "row"
 
     def __post_init__(self) -> None:
+        from fedsem_app.quantize import BITS, SCALE_MODES
+
         _check_choice(self.rule, AGGREGATION_RULES, "aggregation.rule")
+        _check_choice(self.quantize, ("none", *BITS), "aggregation.quantize")
+        _check_choice(self.quantize_scales, SCALE_MODES, "aggregation.quantize-scales")
         _check(
             0 <= self.trim_fraction < 0.5,
             "aggregation.trim-fraction",
@@ -343,6 +356,13 @@ class AppConfig:
     num_server_rounds: int = 3
     seed: int = 42
     min_clients: int = 2
+    # Client sampling, as Flower's FedAvg does it: each round trains (evaluates) a
+    # random fraction of the connected nodes, but at least min-train-nodes
+    # (min-evaluate-nodes; 0: min-clients). fedit samples with fedit.fraction-train.
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_train_nodes: int = 0
+    min_evaluate_nodes: int = 0
     round_timeout: float = 3600.0
     results_dir: str = ""
     run_name: str = ""
@@ -373,6 +393,21 @@ class AppConfig:
 
         _check_choice(self.tracking, TRACKERS, "tracking")
         _check(self.min_clients > 0, "min-clients", "must be a positive integer")
+        for key, value in (
+            ("fraction-train", self.fraction_train),
+            ("fraction-evaluate", self.fraction_evaluate),
+        ):
+            _check(0 < value <= 1, key, f"must be in (0, 1], got {value}")
+        for key, value in (
+            ("min-train-nodes", self.min_train_nodes),
+            ("min-evaluate-nodes", self.min_evaluate_nodes),
+        ):
+            _check(
+                value == 0 or value >= self.min_clients,
+                key,
+                f"must be 0 (= min-clients) or at least min-clients={self.min_clients}, "
+                f"got {value}: a round needs min-clients usable replies",
+            )
         _check(self.round_timeout > 0, "round-timeout", "must be positive (seconds)")
         _check(
             not self.dp.enabled or self.aggregation.rule == "mean",
@@ -381,6 +416,16 @@ class AppConfig:
             f"{self.aggregation.rule!r} is not covered: set aggregation.rule='mean' or "
             "dp.noise-multiplier=0",
         )
+
+    @property
+    def train_floor(self) -> int:
+        """Fewest nodes a round trains: ``min-train-nodes``, or ``min-clients`` for 0."""
+        return self.min_train_nodes or self.min_clients
+
+    @property
+    def evaluate_floor(self) -> int:
+        """Fewest nodes a round evaluates: ``min-evaluate-nodes``, or ``min-clients`` for 0."""
+        return self.min_evaluate_nodes or self.min_clients
 
     @property
     def results_root(self) -> Path:

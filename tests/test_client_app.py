@@ -169,3 +169,35 @@ def test_a_restarted_node_finds_its_adapter_on_disk(tmp_path, cache_dir):
     assert restored.keys() == trained.keys()
     for key in trained:
         np.testing.assert_array_equal(restored[key], trained[key])
+
+
+def test_real_clients_send_quantized_adapters_and_the_server_averages_them(tmp_path, cache_dir):
+    run_config = load_app_config(
+        {
+            "strategy": "fedavg-lora",
+            "model.names": "tiny-llama",
+            "model.cache-dir": str(cache_dir),
+            "model.device": "cpu",
+            "num-server-rounds": 1,
+            "train.local-steps": 1,
+            "train.max-seq-len": 64,
+            "eval.num-prompts": 2,
+            "eval.generate": False,
+            "aggregation.quantize": "int4",
+        }
+    ).to_flat()
+    cfg = load_app_config(run_config)
+    fake = FakeGrid(app, 2, run_config)
+    grid = MeteredGrid(fake)
+    run_log = RunLog(make_run_folder(tmp_path, "q", "fedavg-lora"), run_config, 1, grid.snapshot)
+    strategy = get_strategy_class("fedavg-lora")(cfg, load_split(cfg.data, cfg.seed), run_log)
+    initial = strategy.initial_arrays()
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=1)
+    row = run_log.rows[1]
+    assert row["train-replies"] == 2 and row["dropped-replies"] == 0
+    assert all(a.dtype == "float32" for a in result.arrays.values())
+    assert all(np.isfinite(a.numpy()).all() for a in result.arrays.values())
+    # Each int4 reply carries at most half a byte per weight plus 4 bytes per row and
+    # framing: well under a quarter of the float32 adapter's 4 bytes per weight.
+    weights = sum(a.numpy().size for a in initial.values())
+    assert row["bytes-up-train"] < 2 * weights

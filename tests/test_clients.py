@@ -535,3 +535,17 @@ def test_smollm2_generates_english():
         assert sum(len(w) for w in words) >= 0.6 * len(text.replace(" ", "")), text
     assert all(math.isfinite(c) and c <= 0 for c in confidences)
     clear_client_cache()
+
+
+def test_length_sorted_batches_return_answers_in_prompt_order(client):
+    # Batch 1 has no padding, so sorting changes only the order of generation: the
+    # answers must come back identical and in prompt order.
+    prompts = ["a much longer question about the roof of the building?", "why?", "who builds it?"]
+    plain = client.answer(prompts, GenerationConfig(max_new_tokens=6, batch_size=1))
+    assert len(set(plain.confidences)) == 3  # distinct answers: the order is visible
+    ordered = client.answer(
+        prompts, GenerationConfig(max_new_tokens=6, batch_size=1, sort_by_length=True)
+    )
+    assert ordered.texts == plain.texts
+    assert ordered.confidences == plain.confidences
+    assert ordered.finished == plain.finished

@@ -594,14 +594,17 @@ class CausalLMClient:
             eos_token_id=self.eos_ids,
             pad_token_id=self.tokenizer.pad_token_id,
         )
+        all_ids = [encode_prompt(self.tokenizer, self.prompt_text(p)) for p in prompts]
+        order = list(range(len(prompts)))
+        if settings.sort_by_length:
+            order.sort(key=lambda i: len(all_ids[i]))
         texts: list[str] = []
         confidences: list[float] = []
         finished: list[bool] = []
         self.model.eval()
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(prompts), settings.batch_size):
-                chunk = prompts[start : start + settings.batch_size]
-                prompt_ids = [encode_prompt(self.tokenizer, self.prompt_text(p)) for p in chunk]
+                prompt_ids = [all_ids[i] for i in order[start : start + settings.batch_size]]
                 encoded = [
                     {"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in prompt_ids
                 ]
@@ -620,7 +623,11 @@ class CausalLMClient:
                     texts.append(text.strip())
                     confidences.append(answer_confidence(ids, row, self.eos_ids))
                     finished.append(any(t in self.eos_ids for t in ids[:n]))
-        return Answers(texts, confidences, finished)
+        back = {i: k for k, i in enumerate(order)}  # generation order -> prompt order
+        ranks = [back[i] for i in range(len(prompts))]
+        return Answers(
+            [texts[k] for k in ranks], [confidences[k] for k in ranks], [finished[k] for k in ranks]
+        )
 
     def nll(
         self, pairs: Sequence[tuple[str, str]], batch_size: int = 8, max_len: int = 512

@@ -74,9 +74,14 @@ class AppStrategy(FedAvg):
     expected_clients: tuple[str, ...] = ()
 
     def __init__(self, app: AppConfig, split: DataSplit, run_log: RunLog, **fedavg: Any) -> None:
-        fedavg.setdefault("min_train_nodes", app.min_clients)
-        fedavg.setdefault("min_evaluate_nodes", app.min_clients)
-        fedavg.setdefault("min_available_nodes", app.min_clients)
+        # Flower's FedAvg samples the nodes of every round (fraction, at least the floor).
+        fedavg.setdefault("fraction_train", app.fraction_train)
+        fedavg.setdefault("fraction_evaluate", app.fraction_evaluate)
+        fedavg.setdefault("min_train_nodes", app.train_floor)
+        fedavg.setdefault("min_evaluate_nodes", app.evaluate_floor)
+        fedavg.setdefault(
+            "min_available_nodes", max(app.min_clients, app.train_floor, app.evaluate_floor)
+        )
         super().__init__(
             weighted_by_key=p.NUM_EXAMPLES,
             arrayrecord_key=p.ADAPTER,
@@ -309,7 +314,8 @@ class AppStrategy(FedAvg):
         config = ConfigRecord(dict(config)) if config is not None else ConfigRecord()
         messages = list(self.configure_evaluate(0, arrays, config, grid))
         names = self.app.model.names
-        if len(messages) < len(names) and self.evaluates_every_node and not self.expected_clients:
+        connected = len(list(grid.get_node_ids()))
+        if connected < len(names) and self.evaluates_every_node and not self.expected_clients:
             log(
                 WARNING,
                 "model.names lists %d clients (%s) but only %d nodes take part: the last %d "
@@ -317,12 +323,13 @@ class AppStrategy(FedAvg):
                 'flwr run . --federation-config "num-supernodes=%d"',
                 len(names),
                 ",".join(names),
-                len(messages),
-                len(names) - len(messages),
+                connected,
+                len(names) - connected,
                 len(names),
             )
         replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
-        if self.expected_clients and self.evaluates_every_node:
+        # With evaluation sampled, round 0 reaches only some nodes: nothing to check.
+        if self.expected_clients and self.evaluates_every_node and self.app.fraction_evaluate >= 1:
             self.check_nodes(replies)
         self.aggregate_evaluate(0, replies)
 
@@ -428,8 +435,9 @@ class AppStrategy(FedAvg):
         log(INFO, "\t├── strategy: %s (%s)", self.name, type(self).__name__)
         log(
             INFO,
-            "\t├── min clients: %d, fraction train: %.2f",
+            "\t├── min clients: %d, fraction train: %.2f, fraction evaluate: %.2f",
             self.app.min_clients,
             self.fraction_train,
+            self.fraction_evaluate,
         )
         log(INFO, "\t└── test prompts: %d", len(self._test[p.IDS]))

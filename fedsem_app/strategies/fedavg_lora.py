@@ -15,6 +15,7 @@ from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from fedsem_app import protocol as p
 from fedsem_app.clients import clear_client_cache, load_client
 from fedsem_app.config import AggregationConfig
+from fedsem_app.quantize import QuantizeError, decode_record, encode_record, is_quantized
 from fedsem_app.strategies import register_strategy
 from fedsem_app.strategies.base import AppStrategy
 
@@ -105,9 +106,12 @@ class FedAvgLora(AppStrategy):
     Train message to the client:
         ``config`` ConfigRecord with ``server-round`` and ``return-adapter`` (true);
         ``adapter`` ArrayRecord holding the global LoRA adapter (tensor name ->
-        float32 array), to load before training.
+        float32 array), to load before training; with ``aggregation.quantize`` the
+        config also carries ``quantize`` / ``quantize-scales`` and every tensor comes
+        as a quantized Array (:mod:`fedsem_app.quantize`), to decode first.
     The client must reply with:
-        ``adapter`` ArrayRecord with the same tensor names, shapes and dtypes,
+        ``adapter`` ArrayRecord with the same tensor names, shapes and dtypes
+        (quantized as the config asks, if it asks; decoded by the server),
         finite values, and no other ArrayRecord; ``metrics`` MetricRecord with
         ``num-examples`` (its private-data size, the averaging weight) and
         ``train-loss``; ``info`` ConfigRecord with ``model-name``.
@@ -155,13 +159,32 @@ class FedAvgLora(AppStrategy):
         )
         return arrays
 
+    def on_the_wire(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The global adapter as it is sent: itself, or quantized (``aggregation.quantize``)."""
+        cfg = self.app.aggregation
+        if cfg.quantize == "none" or len(arrays) == 0:
+            return arrays
+        return encode_record(decode_record(arrays), cfg.quantize, cfg.quantize_scales)
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Ask for the trained adapter back; FedAvg sends the global one under ``adapter``."""
+        """Ask for the trained adapter back; FedAvg sends the global one under ``adapter``.
+
+        With ``aggregation.quantize`` the global adapter goes out quantized and the
+        config asks the client to quantize its reply the same way.
+        """
         config[p.RETURN_ADAPTER] = True
+        config[p.QUANTIZE] = self.app.aggregation.quantize
+        config[p.QUANTIZE_SCALES] = self.app.aggregation.quantize_scales
         self._layout = adapter_layout(arrays)
-        return super().configure_train(server_round, arrays, config, grid)
+        return super().configure_train(server_round, self.on_the_wire(arrays), config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Evaluate the global adapter as the clients receive it (quantized if configured)."""
+        return super().configure_evaluate(server_round, self.on_the_wire(arrays), config, grid)
 
     def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
         """FedAvg's weighted mean, or the robust rule set by ``aggregation.rule``."""
@@ -209,8 +232,19 @@ class FedAvgLora(AppStrategy):
         }
 
     def check_adapter(self, server_round: int, message: Message) -> bool:
-        """Accept a returned adapter only if it matches the global one and is finite."""
-        reason = adapter_problem(message.content, self._layout)
+        """Decode a quantized adapter, then accept it only if it matches the global one.
+
+        The decoded float32 adapter replaces the wire one in the reply, so that what
+        is averaged (and what the byte meter counted before) are each the real thing.
+        """
+        reason = None
+        record = message.content.get(p.ADAPTER)
+        if isinstance(record, ArrayRecord) and is_quantized(record):
+            try:
+                message.content[p.ADAPTER] = encode_record(decode_record(record), "none", "")
+            except QuantizeError as err:
+                reason = str(err)
+        reason = reason or adapter_problem(message.content, self._layout)
         if reason is None:
             return True
         log(
