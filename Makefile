@@ -44,11 +44,13 @@ test-all: setup
 	$(FLWR_ENV) $(BIN)/python -m pytest -q -m "slow or not slow"
 
 # Loopback deployment as deploy/start-superlink.sh starts it (TLS, node authentication,
-# Fleet-only proxy): two FedSem rounds on three SuperNodes, and the outsider test (every
-# attempt of someone holding only ca.crt is refused; -rP prints what each one got back).
-DEPLOY_TESTS = tests/test_deploy.py tests/test_deploy_outsider.py
+# Fleet-only proxy): two FedSem rounds on three SuperNodes, the outsider test (every
+# attempt of someone holding only ca.crt is refused; -rP prints what each one got back),
+# and SuperNodes started from a federation spec.
+DEPLOY_TESTS = tests/test_deploy.py tests/test_deploy_outsider.py tests/test_deploy_spec.py
 test-deploy: setup
-	$(FLWR_ENV) $(BIN)/python -m pytest -q -rP -m slow $(DEPLOY_TESTS) -k "two_fedsem_rounds or outsider"
+	$(FLWR_ENV) $(BIN)/python -m pytest -q -rP -m slow $(DEPLOY_TESTS) \
+		-k "two_fedsem_rounds or outsider or federation_spec"
 
 # The same outsider attempts against start-superlink.sh --no-proxy: the outsider gets in.
 test-outsider-open: setup
