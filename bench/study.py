@@ -36,6 +36,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fedsem-memory": ("fedsem", {"fedsem.label-memory": True}),
     "fedsem-share-0.5": ("fedsem", {"fedsem.pseudo-share": 0.5}),
     "fedsem-min-agreement": ("fedsem", {"fedsem.min-agreement": 0.8}),
+    # Answers cut at gen.max-new-tokens stay out of the vote.
+    "fedsem-finished-only": ("fedsem", {"fedsem.vote-unfinished": False}),
     "local-hetero": ("local", {"model.names": HETERO_MODELS}),
     "fedsem-hetero": ("fedsem", {"model.names": HETERO_MODELS}),
 }
