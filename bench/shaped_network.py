@@ -502,10 +502,13 @@ def crossover_rows(rows: list[dict], setting: dict, shared_nodes: int) -> list[d
         }
 
     lora = sent["fedavg-lora"]
+    measured = (
+        "SmolLM2-135M" if setting["model.names"] == "smollm2-135m" else setting["model.names"]
+    )
     out = [
-        row(setting["model.names"], lora, fixed["fedsem"] - fixed["fedavg-lora"],
+        row(measured, lora, fixed["fedsem"] - fixed["fedavg-lora"],
             "measured: compute + server + overhead", generate),
-        row(setting["model.names"], lora, work["fedsem"] - work["fedavg-lora"],
+        row(measured, lora, work["fedsem"] - work["fedavg-lora"],
             "measured: compute + server", generate),
     ]  # fmt: skip
     if setting["model.names"] != "smollm2-135m":
