@@ -1,5 +1,7 @@
 """Text lists on the wire: plain ``list[str]`` or one zlib-compressed blob.
 
+Shared: clients encode answers and the server pseudo-labels and prompts with it.
+
 With ``fedsem.wire-compression = "zlib"`` the answers a client sends and the
 pseudo-labels and prompts the server sends travel as one compressed UTF-8 JSON
 array under ``<field>-zlib`` (bytes) instead of a ``list[str]`` under ``<field>``.

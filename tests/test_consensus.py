@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fedsem_app import config
-from fedsem_app.consensus import CONSENSUS_RULES, consensus, pairwise_cosine
+from fedsem_app.config import sections as config
+from fedsem_app.strategies.consensus import CONSENSUS_RULES, consensus, pairwise_cosine
 
 COS10 = math.cos(math.radians(10))  # 0.98481
 COS80 = math.cos(math.radians(80))  # 0.17365

@@ -1,16 +1,16 @@
 """LLM clients: a model registry, loaders and the LoRA-adapted client class.
 
+Runs on the client (the server imports it only to check model names and to build a global adapter).
+
 Importing this package registers the built-in models (the packaged GGUF models and
 the tiny random-init models); loading happens only in :func:`load_client`.
 """
 
 from fedsem_app.clients import packaged, tiny  # noqa: F401  (register the built-in models)
-from fedsem_app.clients.base import (
-    CausalLMClient,
-    answer_confidence,
-    build_example,
-    make_peft_config,
-)
+from fedsem_app.clients.batching import build_example
+from fedsem_app.clients.causal_lm import CausalLMClient
+from fedsem_app.clients.generation import answer_confidence
+from fedsem_app.clients.lora import make_peft_config
 from fedsem_app.clients.registry import (
     MODEL_REGISTRY,
     ModelSpec,

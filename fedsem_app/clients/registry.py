@@ -1,5 +1,7 @@
 """Model registry, device/thread helpers and the per-process client cache.
 
+Runs on the client (the server checks names against it).
+
 Registered names (``smollm2-135m``, ``tiny-llama``, ...) map to builder functions
 ``fn(cache_dir) -> (model, tokenizer)`` added with :func:`register_model` when
 ``fedsem_app.clients`` is imported. Any other name that is a local folder or looks
@@ -25,8 +27,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from fedsem_app.clients.base import CausalLMClient
-from fedsem_app.config import LoraConfig
+from fedsem_app.clients.causal_lm import CausalLMClient
+from fedsem_app.config.sections import LoraConfig
 
 Builder = Callable[[Path], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
 

@@ -1,5 +1,7 @@
 """Prompt templates: the text that precedes an answer, for training and generation alike.
 
+Runs on the client.
+
 Training and generation must see exactly the same prompt text, so both go through
 :func:`format_prompt`. Templates live in a small registry keyed by the names the run
 config accepts (``model.template``).

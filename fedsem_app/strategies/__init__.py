@@ -1,5 +1,7 @@
 """Strategies, one per file, registered by lowercase name.
 
+Runs on the server.
+
 ``strategy = "<name>"`` in the run config picks one; see :data:`STRATEGIES`.
 """
 
@@ -8,10 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from fedsem_app.config import ConfigError
+from fedsem_app.config.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fedsem_app.strategies.base import AppStrategy
+    from fedsem_app.strategies.harness import AppStrategy
 
 STRATEGIES: dict[str, type[AppStrategy]] = {}
 

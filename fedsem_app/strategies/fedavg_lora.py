@@ -1,4 +1,7 @@
-"""FedAvg-LoRA: federated averaging of the LoRA adapters of one shared base model."""
+"""FedAvg-LoRA: federated averaging of the LoRA adapters of one shared base model.
+
+Runs on the server.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
 from fedsem_app import protocol as p
 from fedsem_app.clients import clear_client_cache, load_client
-from fedsem_app.config import AggregationConfig
+from fedsem_app.config.sections import AggregationConfig
 from fedsem_app.quantize import QuantizeError, decode_record, encode_record, is_quantized
 from fedsem_app.strategies import register_strategy
-from fedsem_app.strategies.base import AppStrategy
+from fedsem_app.strategies.harness import AppStrategy
 
 # Layout of an adapter: tensor name -> (shape, dtype), as Flower's Array describes them.
 Layout = dict[str, tuple[tuple[int, ...], str]]
@@ -122,7 +125,7 @@ class FedAvgLora(AppStrategy):
     Parameters
     ----------
     app, split, run_log
-        See :class:`~fedsem_app.strategies.base.AppStrategy`.
+        See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
 
     name = "fedavg-lora"
@@ -208,7 +211,7 @@ class FedAvgLora(AppStrategy):
         """With DP: epsilon of this round and after every round so far (``dp-epsilon``)."""
         if not self.app.dp.enabled:
             return {}
-        from fedsem_app.dp import round_metrics
+        from fedsem_app.strategies.dp import round_metrics
 
         return round_metrics(self.app.dp, server_round)
 
@@ -217,7 +220,7 @@ class FedAvgLora(AppStrategy):
         dp = self.app.dp
         if not dp.enabled:
             return {}
-        from fedsem_app.dp import epsilon
+        from fedsem_app.strategies.dp import epsilon
 
         return {
             "dp": {
