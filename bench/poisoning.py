@@ -76,13 +76,12 @@ def text_part(args: argparse.Namespace, test) -> list[dict]:
     from fedsem_app.clients.evaluation import rouge_l
     from fedsem_app.clients.faults import corrupt_answers
     from fedsem_app.config.sections import (
-        CONSENSUS_RULES,
         FaultConfig,
         FedSemConfig,
         GenerationConfig,
     )
     from fedsem_app.embedding import cosine_to_reference, embed
-    from fedsem_app.strategies.consensus import consensus
+    from fedsem_app.strategies.consensus import CONSENSUS_RULES, consensus
 
     prompts = [q.prompt for q in test]
     references = [q.answer for q in test]
@@ -141,8 +140,8 @@ def text_part(args: argparse.Namespace, test) -> list[dict]:
 def adapter_part(args: argparse.Namespace, test) -> list[dict]:
     """Test NLL of combined adapters with poisoned clients, for every aggregation rule."""
     from fedsem_app.clients.faults import corrupt_adapter
-    from fedsem_app.config.sections import AGGREGATION_RULES, AggregationConfig, FaultConfig
-    from fedsem_app.strategies.fedavg_lora import robust_combine
+    from fedsem_app.config.sections import AggregationConfig, FaultConfig
+    from fedsem_app.strategies.aggregation import AGGREGATION_RULES, robust_combine
 
     trained = list(honest_clients(args, ["smollm2-135m"] * NUM_CLIENTS))
     client = trained[0][0]

@@ -29,7 +29,7 @@ from fedsem_app.clients.export import (
     remember_run,
     saved_final_adapter,
 )
-from fedsem_app.clients.faults import ADAPTER_MODES, TEXT_MODES, corrupt_adapter, corrupt_answers
+from fedsem_app.clients.faults import ADAPTER, ANSWERS, corrupt_adapter, corrupt_answers, targets
 from fedsem_app.clients.mods import dp_clipping_mod, progress_mod
 from fedsem_app.config.app import AppConfig, load_app_config
 from fedsem_app.config.errors import ConfigError
@@ -215,7 +215,7 @@ def train(msg: Message, context: Context) -> Message:
             for t, done in zip(answers.texts, answers.finished, strict=True)
         ]
         confidences = [float(c) for c in answers.confidences]
-        if faulty and cfg.fault.mode in TEXT_MODES:
+        if faulty and targets(cfg.fault.mode, ANSWERS):
             texts, confidences = corrupt_answers(cfg.fault, texts, confidences, rng)
         content[p.ANSWERS] = ConfigRecord(
             {
@@ -228,7 +228,7 @@ def train(msg: Message, context: Context) -> Message:
     if config.get(p.RETURN_ADAPTER, False):
         code = str(config.get(p.QUANTIZE, "none"))
         content[p.ADAPTER] = context.state[STATE_ADAPTER]
-        if faulty and cfg.fault.mode in ADAPTER_MODES:
+        if faulty and targets(cfg.fault.mode, ADAPTER):
             trained = corrupt_adapter(cfg.fault, client.adapter_state(), rng)
             content[p.ADAPTER] = _adapter_record(trained)
         if code != "none":  # the strategy asked for the adapter quantized on the wire

@@ -27,6 +27,7 @@ from typing import Generic, TypeVar
 from fedsem_app.config.errors import ConfigError
 
 T = TypeVar("T")
+_DECORATE = object()  # register(name) without a value: return a decorator
 
 
 class Registry(MutableMapping[str, T], Generic[T]):
@@ -53,7 +54,7 @@ class Registry(MutableMapping[str, T], Generic[T]):
         self._loaded = not self._modules
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str, value: T | None = None) -> Callable[[T], T] | T:
+    def register(self, name: str, value: T = _DECORATE) -> Callable[[T], T] | T:
         """Add ``value`` under ``name``; without ``value``, a decorator that adds its target.
 
         Raises
@@ -69,7 +70,7 @@ class Registry(MutableMapping[str, T], Generic[T]):
             self._entries[name] = entry
             return entry
 
-        return add if value is None else add(value)
+        return add if value is _DECORATE else add(value)
 
     def names(self) -> list[str]:
         """The registered names, sorted."""

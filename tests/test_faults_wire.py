@@ -13,7 +13,7 @@ from fedsem_app.clients.faults import corrupt_adapter, corrupt_answers, garbage_
 from fedsem_app.config.app import load_app_config
 from fedsem_app.config.errors import ConfigError
 from fedsem_app.config.sections import AggregationConfig, FaultConfig
-from fedsem_app.strategies.fedavg_lora import robust_combine
+from fedsem_app.strategies.aggregation import robust_combine
 from fedsem_app.strategies.validation import check_answers
 from fedsem_app.wire import WireError, pack_texts, unpack_texts
 

@@ -17,19 +17,59 @@ what a broken or malicious node would send over the wire:
 ``random-adapter``  Gaussian noise of the adapter's shapes, std ``fault.scale`` x the
                     honest adapter's
 
-Each function here is pure (a seeded generator in, new values out).
+Every mode is registered in :data:`FAULT_MODES`, the one list ``fault.mode`` and a
+federation spec's ``fault`` accept; each corrupting function is pure (a seeded
+generator in, new values out).
 """
 
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fedsem_app.config.sections import FaultConfig
+from fedsem_app.registry import Registry
 
-TEXT_MODES = ("malformed", "garbage", "adversarial")
-ADAPTER_MODES = ("scaled-adapter", "random-adapter")
+# What a mode corrupts: the train handler itself, the answers it returns, its adapter.
+HANDLER, ANSWERS, ADAPTER = "handler", "answers", "adapter"
+
+
+@dataclass(frozen=True)
+class FaultMode:
+    """One fault mode: what it corrupts and, for replies, how.
+
+    Attributes
+    ----------
+    target
+        ``""`` (honest), :data:`HANDLER` (the train handler raises or stalls; the
+        ClientApp does it), :data:`ANSWERS` or :data:`ADAPTER`.
+    corrupt
+        For :data:`ANSWERS`: ``fn(fault, texts, confidences, rng) -> (texts,
+        confidences)``; for :data:`ADAPTER`: ``fn(fault, state, rng) -> state``.
+    """
+
+    target: str = ""
+    corrupt: Callable[..., Any] | None = None
+
+
+FAULT_MODES: Registry[FaultMode] = Registry("fault mode", key="fault.mode")
+FAULT_MODES.register("none", FaultMode())
+FAULT_MODES.register("raise", FaultMode(HANDLER))
+FAULT_MODES.register("stall", FaultMode(HANDLER))
+
+
+def fault_mode(target: str, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register ``fn`` as the fault mode ``name`` that corrupts ``target``."""
+
+    def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+        FAULT_MODES.register(name, FaultMode(target, fn))
+        return fn
+
+    return decorator
 
 
 def garbage_text(rng: np.random.Generator, length: int = 120) -> str:
@@ -38,29 +78,53 @@ def garbage_text(rng: np.random.Generator, length: int = 120) -> str:
     return "".join(rng.choice(letters, size=length)).strip() or "x"
 
 
+@fault_mode(ANSWERS, "malformed")
+def _malformed(fault: FaultConfig, texts: list[str], confidences: list[float], rng):
+    return texts[:-1], [float("nan")] * len(confidences)
+
+
+@fault_mode(ANSWERS, "garbage")
+def _garbage(fault: FaultConfig, texts: list[str], confidences: list[float], rng):
+    return [garbage_text(rng) for _ in texts], confidences
+
+
+@fault_mode(ANSWERS, "adversarial")
+def _adversarial(fault: FaultConfig, texts: list[str], confidences: list[float], rng):
+    # Confident, so the ``confidence`` consensus rule is tempted too.
+    return [fault.text] * len(texts), [0.0] * len(confidences)
+
+
+@fault_mode(ADAPTER, "scaled-adapter")
+def _scaled(fault: FaultConfig, state: dict[str, np.ndarray], rng):
+    return {k: (v * fault.scale).astype(v.dtype) for k, v in state.items()}
+
+
+@fault_mode(ADAPTER, "random-adapter")
+def _random(fault: FaultConfig, state: dict[str, np.ndarray], rng):
+    return {
+        k: rng.normal(0.0, abs(fault.scale) * (float(v.std()) or 1.0), v.shape).astype(v.dtype)
+        for k, v in state.items()
+    }
+
+
+def targets(mode: str, target: str) -> bool:
+    """Whether fault mode ``mode`` corrupts ``target``."""
+    return FAULT_MODES[mode].target == target
+
+
 def corrupt_answers(
     fault: FaultConfig, texts: list[str], confidences: list[float], rng: np.random.Generator
 ) -> tuple[list[str], list[float]]:
-    """A faulty client's answers in place of its honest ones (text modes only)."""
-    if fault.mode == "malformed":
-        return texts[:-1], [float("nan")] * len(confidences)
-    if fault.mode == "garbage":
-        return [garbage_text(rng) for _ in texts], confidences
-    if fault.mode == "adversarial":
-        # Confident, so the ``confidence`` consensus rule is tempted too.
-        return [fault.text] * len(texts), [0.0] * len(confidences)
-    return texts, confidences
+    """A faulty client's answers in place of its honest ones (answer modes only)."""
+    mode = FAULT_MODES[fault.mode]
+    if mode.target != ANSWERS:
+        return texts, confidences
+    return mode.corrupt(fault, texts, confidences, rng)
 
 
 def corrupt_adapter(
     fault: FaultConfig, state: dict[str, np.ndarray], rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
     """A faulty client's adapter in place of its honest one (adapter modes only)."""
-    if fault.mode == "scaled-adapter":
-        return {k: (v * fault.scale).astype(v.dtype) for k, v in state.items()}
-    if fault.mode == "random-adapter":
-        return {
-            k: rng.normal(0.0, abs(fault.scale) * (float(v.std()) or 1.0), v.shape).astype(v.dtype)
-            for k, v in state.items()
-        }
-    return state
+    mode = FAULT_MODES[fault.mode]
+    return mode.corrupt(fault, state, rng) if mode.target == ADAPTER else state

@@ -29,6 +29,7 @@ from transformers import (
 
 from fedsem_app.clients.causal_lm import CausalLMClient
 from fedsem_app.config.sections import LoraConfig
+from fedsem_app.registry import Registry
 
 Builder = Callable[[Path], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
 
@@ -60,7 +61,10 @@ class ModelSpec:
     builder: Builder
 
 
-MODEL_REGISTRY: dict[str, ModelSpec] = {}
+# The built-in models register themselves when these modules are imported.
+MODEL_REGISTRY: Registry[ModelSpec] = Registry(
+    "model", modules=("fedsem_app.clients.packaged", "fedsem_app.clients.tiny")
+)
 
 # Loaded clients of this process, keyed by (name, device, lora, template, seed).
 # Flower simulation runs many virtual clients in one process: they share the weights
@@ -90,9 +94,7 @@ def register_model(
     """
 
     def decorator(builder: Builder) -> Builder:
-        if name in MODEL_REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        MODEL_REGISTRY[name] = ModelSpec(name, architecture, description, builder)
+        MODEL_REGISTRY.register(name, ModelSpec(name, architecture, description, builder))
         return builder
 
     return decorator

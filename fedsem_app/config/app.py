@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsem_app.config.errors import DEFAULT_HOME, ConfigError, check, check_choice, split_names
+from fedsem_app.config.errors import DEFAULT_HOME, ConfigError, check, split_names
 from fedsem_app.config.sections import (
     AggregationConfig,
     DataConfig,
@@ -73,7 +73,7 @@ class AppConfig:
         check(self.num_server_rounds > 0, "num-server-rounds", "must be a positive integer")
         from fedsem_app.run.tracking import TRACKERS
 
-        check_choice(self.tracking, TRACKERS, "tracking")
+        TRACKERS.check(self.tracking)
         check(self.min_clients > 0, "min-clients", "must be a positive integer")
         for key, value in (
             ("fraction-train", self.fraction_train),

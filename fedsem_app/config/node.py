@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsem_app.config.app import AppConfig, coerce, flat_key
-from fedsem_app.config.errors import ConfigError, check, check_choice
-from fedsem_app.config.sections import FAULT_MODES, DataConfig, FaultConfig, LoraConfig
+from fedsem_app.config.errors import ConfigError, check
+from fedsem_app.config.sections import DataConfig, FaultConfig, LoraConfig
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,9 @@ def load_node_config(node_config: typing.Mapping[str, Any], app: AppConfig) -> N
     fault = None
     if "fault-mode" in node_config:
         mode = str(node_config["fault-mode"])
-        check_choice(mode, FAULT_MODES, "fault-mode")
+        from fedsem_app.clients.faults import FAULT_MODES
+
+        FAULT_MODES.check(mode, "fault-mode")
         # The node's own mode applies to itself, whatever fault.clients lists.
         fault = dataclasses.replace(app.fault, mode=mode, clients=(str(partition_id),))
     return NodeConfig(

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from fedsem_app.config.errors import DEFAULT_HOME, check, check_choice
 
+# model.device (and a federation spec's device): "cuda:1" counts as "cuda".
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -27,8 +30,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check(len(self.names) > 0, "model.names", "give at least one model name")
-        check_choice(self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"), "model.device")
-        check_choice(self.template, ("chat", "plain", "alpaca"), "model.template")
+        from fedsem_app.clients.templates import TEMPLATES
+
+        check_choice(self.device.split(":")[0], DEVICES, "model.device")
+        TEMPLATES.check(self.template)
 
     def name_for(self, partition_id: int) -> str:
         """Model name of the client with this partition id (round-robin)."""
@@ -92,9 +97,6 @@ class GenerationConfig:
         check(self.batch_size > 0, "gen.batch-size", "must be a positive integer")
 
 
-PARTITIONERS = ("iid", "dirichlet", "category")
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """Dataset, field mapping and the deterministic split/partition settings."""
@@ -121,12 +123,10 @@ class DataConfig:
             "data.public-fraction",
             "test-fraction + public-fraction must leave a private pool (< 1)",
         )
-        check_choice(self.partitioner, PARTITIONERS, "data.partitioner")
+        from fedsem_app.data.partition import PARTITIONERS
+
+        PARTITIONERS.check(self.partitioner)
         check(self.dirichlet_alpha > 0, "data.dirichlet-alpha", "must be positive")
-
-
-CONSENSUS_RULES = ("medoid", "centroid", "cluster", "confidence")
-WIRE_CODECS = ("none", "zlib")
 
 
 @dataclass(frozen=True)
@@ -157,8 +157,11 @@ class FedSemConfig:
     def __post_init__(self) -> None:
         check(self.prompts_per_round > 0, "fedsem.prompts-per-round", "must be positive")
         check(0 <= self.pseudo_share <= 1, "fedsem.pseudo-share", "must be in [0, 1]")
-        check_choice(self.wire_compression, WIRE_CODECS, "fedsem.wire-compression")
-        check_choice(self.consensus, CONSENSUS_RULES, "fedsem.consensus")
+        from fedsem_app.strategies.consensus import CONSENSUS_RULES
+        from fedsem_app.wire import CODECS
+
+        CODECS.check(self.wire_compression)
+        CONSENSUS_RULES.check(self.consensus)
         check(-1 <= self.min_agreement <= 1, "fedsem.min-agreement", "must be in [-1, 1]")
         check(-1 <= self.cluster_threshold <= 1, "fedsem.cluster-threshold", "must be in [-1, 1]")
         check(0 <= self.confidence_weight <= 1, "fedsem.confidence-weight", "must be in [0, 1]")
@@ -194,9 +197,6 @@ class FedProxConfig:
         check(self.proximal_mu >= 0, "fedprox.proximal-mu", "must be >= 0")
 
 
-AGGREGATION_RULES = ("mean", "median", "trimmed-mean")
-
-
 @dataclass(frozen=True)
 class AggregationConfig:
     """How the parameter strategies (``fedavg-lora``, ``fedit``) combine adapters.
@@ -218,8 +218,9 @@ class AggregationConfig:
 
     def __post_init__(self) -> None:
         from fedsem_app.quantize import BITS, SCALE_MODES
+        from fedsem_app.strategies.aggregation import AGGREGATION_RULES
 
-        check_choice(self.rule, AGGREGATION_RULES, "aggregation.rule")
+        AGGREGATION_RULES.check(self.rule)
         check_choice(self.quantize, ("none", *BITS), "aggregation.quantize")
         check_choice(self.quantize_scales, SCALE_MODES, "aggregation.quantize-scales")
         check(
@@ -227,9 +228,6 @@ class AggregationConfig:
             "aggregation.trim-fraction",
             f"must be in [0, 0.5), got {self.trim_fraction}",
         )
-
-
-DP_CLIP_SIDES = ("client", "server")
 
 
 @dataclass(frozen=True)
@@ -250,25 +248,15 @@ class DPConfig:
     def __post_init__(self) -> None:
         check(self.noise_multiplier >= 0, "dp.noise-multiplier", "must be >= 0 (0: no DP)")
         check(self.clipping_norm > 0, "dp.clipping-norm", "must be positive")
-        check_choice(self.clip_side, DP_CLIP_SIDES, "dp.clip-side")
+        from fedsem_app.strategies.dp import DP_WRAPPERS
+
+        DP_WRAPPERS.check(self.clip_side)
         check(0 < self.delta < 1, "dp.delta", f"must be in (0, 1), got {self.delta}")
 
     @property
     def enabled(self) -> bool:
         """Whether the run adds DP noise."""
         return self.noise_multiplier > 0
-
-
-FAULT_MODES = (
-    "none",
-    "raise",
-    "stall",
-    "malformed",
-    "garbage",
-    "adversarial",
-    "scaled-adapter",
-    "random-adapter",
-)
 
 
 @dataclass(frozen=True)
@@ -286,7 +274,9 @@ class FaultConfig:
     stall_seconds: float = 600.0
 
     def __post_init__(self) -> None:
-        check_choice(self.mode, FAULT_MODES, "fault.mode")
+        from fedsem_app.clients.faults import FAULT_MODES
+
+        FAULT_MODES.check(self.mode)
         check(
             all(c.isdigit() for c in self.clients),
             "fault.clients",

@@ -20,38 +20,15 @@ from fedsem_app.config.errors import ConfigError
 from fedsem_app.config.sections import DataConfig
 from fedsem_app.data.records import QAPair
 from fedsem_app.data.split import load_split
+from fedsem_app.registry import Registry
 
 # Builds a flwr-datasets partitioner bound to the pool's table (columns
 # "index" and "category"): (table, num_partitions, alpha, seed) -> partitioner.
 PartitionerFactory = Callable[[datasets.Dataset, int, float, int], Partitioner]
-PARTITIONER_FACTORIES: dict[str, PartitionerFactory] = {}
+PARTITIONERS: Registry[PartitionerFactory] = Registry("partitioner", key="data.partitioner")
 
 
-def register_partitioner(name: str) -> Callable[[PartitionerFactory], PartitionerFactory]:
-    """Register a partitioner factory under ``name`` (usable as ``data.partitioner``).
-
-    Parameters
-    ----------
-    name
-        The ``data.partitioner`` value that selects this factory.
-
-    Returns
-    -------
-    Callable
-        A decorator that records the factory and returns it unchanged.
-
-    """
-
-    def decorator(factory: PartitionerFactory) -> PartitionerFactory:
-        if name in PARTITIONER_FACTORIES:
-            raise ValueError(f"partitioner {name!r} is already registered")
-        PARTITIONER_FACTORIES[name] = factory
-        return factory
-
-    return decorator
-
-
-@register_partitioner("iid")
+@PARTITIONERS.register("iid")
 def _iid(table: datasets.Dataset, num_partitions: int, alpha: float, seed: int) -> Partitioner:
     # Contiguous shards of the pool; the pool is already in seeded random order.
     partitioner = IidPartitioner(num_partitions=num_partitions)
@@ -59,7 +36,7 @@ def _iid(table: datasets.Dataset, num_partitions: int, alpha: float, seed: int) 
     return partitioner
 
 
-@register_partitioner("dirichlet")
+@PARTITIONERS.register("dirichlet")
 def _dirichlet(
     table: datasets.Dataset, num_partitions: int, alpha: float, seed: int
 ) -> Partitioner:
@@ -80,7 +57,7 @@ def _dirichlet(
     return partitioner
 
 
-@register_partitioner("category")
+@PARTITIONERS.register("category")
 def _category(table: datasets.Dataset, num_partitions: int, alpha: float, seed: int) -> Partitioner:
     # Each category must belong to exactly one client. PathologicalPartitioner
     # splits a category among every partition that draws it, and
@@ -156,11 +133,7 @@ def partition_private(
         empty after the partitioner's retries.
 
     """
-    if partitioner not in PARTITIONER_FACTORIES:
-        raise ConfigError(
-            "data.partitioner",
-            f"got {partitioner!r}; allowed values: {', '.join(sorted(PARTITIONER_FACTORIES))}",
-        )
+    factory = PARTITIONERS.lookup(partitioner)
     if not 0 <= partition_id < num_partitions:
         raise ConfigError("partition-id", f"must be in [0, {num_partitions}), got {partition_id}")
     if num_partitions > len(private):
@@ -173,7 +146,6 @@ def partition_private(
     table = datasets.Dataset.from_dict(
         {"index": list(range(len(private))), "category": [r.category for r in private]}
     )
-    factory = PARTITIONER_FACTORIES[partitioner]
     try:
         part = factory(table, num_partitions, alpha, seed).load_partition(partition_id)
     except ConfigError:

@@ -16,6 +16,7 @@ import datasets
 
 from fedsem_app.config.errors import ConfigError
 from fedsem_app.config.sections import DataConfig
+from fedsem_app.registry import Registry
 
 DEFAULT_CATEGORY = "all"
 
@@ -42,34 +43,11 @@ class QAPair:
 
 
 DatasetLoader = Callable[[DataConfig], list[QAPair]]
-DATASETS: dict[str, DatasetLoader] = {}
+# data.name: a registered dataset, else a hub dataset name (so no closed check).
+DATASETS: Registry[DatasetLoader] = Registry("dataset")
 
 
-def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
-    """Register a dataset loader under ``name`` (usable as ``data.name``).
-
-    Parameters
-    ----------
-    name
-        The ``data.name`` value that selects this loader.
-
-    Returns
-    -------
-    Callable
-        A decorator that records the loader and returns it unchanged.
-
-    """
-
-    def decorator(loader: DatasetLoader) -> DatasetLoader:
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        DATASETS[name] = loader
-        return loader
-
-    return decorator
-
-
-@register_dataset("construction-faq")
+@DATASETS.register("construction-faq")
 def _construction_faq(cfg: DataConfig) -> list[QAPair]:
     """Load the packaged English construction FAQ (503 pairs, 39 categories); works offline."""
     import zaragoza_construction_faq

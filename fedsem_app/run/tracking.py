@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 from flwr.common.logger import log
 
+from fedsem_app.registry import Registry
+
 TENSORBOARD_DIR = "tensorboard"
 
 
@@ -29,8 +31,16 @@ class Tracker(Protocol):
         """Flush and release."""
 
 
+# tracking = "<name>" -> the tracker class, built with the run folder.
+TRACKERS: Registry[Callable[[Path], Tracker]] = Registry("tracker", key="tracking")
+
+
+@TRACKERS.register("none")
 class NoTracker:
     """The run folder is the record; nothing else is written."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        pass
 
     def log_round(self, server_round: int, row: Mapping[str, Any]) -> None:  # noqa: D102
         pass
@@ -39,6 +49,7 @@ class NoTracker:
         pass
 
 
+@TRACKERS.register("tensorboard")
 class TensorBoardTracker:
     """Every finite number of a round's row as a TensorBoard scalar at step = round.
 
@@ -73,12 +84,6 @@ class TensorBoardTracker:
 
     def close(self) -> None:  # noqa: D102
         self.writer.close()
-
-
-TRACKERS: dict[str, Callable[[Path], Tracker]] = {
-    "none": lambda folder: NoTracker(),
-    "tensorboard": TensorBoardTracker,
-}
 
 
 def open_tracker(name: str, folder: Path) -> Tracker:

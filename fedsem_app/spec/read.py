@@ -13,11 +13,11 @@ from typing import Any
 
 import yaml
 
-from fedsem_app.config.sections import FAULT_MODES
+from fedsem_app.clients.faults import FAULT_MODES
+from fedsem_app.config.sections import DEVICES
 from fedsem_app.spec.schema import (
     CLIENT_KEYS,
     DATA_KEYS,
-    DEVICES,
     LORA_KEYS,
     NODE_FIELDS,
     SPEC_KEY,

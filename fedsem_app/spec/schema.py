@@ -33,7 +33,6 @@ TOP_KEYS = ("defaults", "clients", "check-data-files")
 CLIENT_KEYS = ("name", "model", "lora", "data", "device", "fault")
 LORA_KEYS = tuple(NODE_LORA)
 DATA_KEYS = ("path", *NODE_FIELDS)
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 class SpecError(ConfigError):

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (conventional alias)
 
+from fedsem_app.registry import Registry
+
 
 @dataclass(frozen=True)
 class ConsensusResult:
@@ -106,31 +108,7 @@ class ConsensusInputs:
 # A rule maps the inputs to (P, K) scores; the answer with the highest score wins.
 # Scores of invalid answers are ignored (the caller masks them).
 ConsensusRule = Callable[[ConsensusInputs], torch.Tensor]
-CONSENSUS_RULES: dict[str, ConsensusRule] = {}
-
-
-def register_consensus(name: str) -> Callable[[ConsensusRule], ConsensusRule]:
-    """Register a consensus rule under ``name`` (usable as ``fedsem.consensus``).
-
-    Parameters
-    ----------
-    name
-        The rule's name.
-
-    Returns
-    -------
-    Callable
-        A decorator that records the rule and returns it unchanged.
-
-    """
-
-    def decorator(rule: ConsensusRule) -> ConsensusRule:
-        if name in CONSENSUS_RULES:
-            raise ValueError(f"consensus rule {name!r} is already registered")
-        CONSENSUS_RULES[name] = rule
-        return rule
-
-    return decorator
+CONSENSUS_RULES: Registry[ConsensusRule] = Registry("consensus rule", key="fedsem.consensus")
 
 
 TIE_TOLERANCE = 1e-9
@@ -222,7 +200,7 @@ def mean_similarity_to_others(similarity: torch.Tensor, members: torch.Tensor) -
     return torch.where(count > 0, total / count.clamp(min=1), 1.0)
 
 
-@register_consensus("medoid")
+@CONSENSUS_RULES.register("medoid")
 def medoid(inputs: ConsensusInputs) -> torch.Tensor:
     """Score answers by mean cosine to the other valid answers.
 
@@ -242,7 +220,7 @@ def medoid(inputs: ConsensusInputs) -> torch.Tensor:
     return mean_similarity_to_others(inputs.similarity, inputs.valid)
 
 
-@register_consensus("centroid")
+@CONSENSUS_RULES.register("centroid")
 def centroid(inputs: ConsensusInputs) -> torch.Tensor:
     """Score answers by cosine to the mean of the valid embeddings.
 
@@ -266,7 +244,7 @@ def centroid(inputs: ConsensusInputs) -> torch.Tensor:
     return torch.einsum("pkd,pd->pk", inputs.embeddings, mean)
 
 
-@register_consensus("cluster")
+@CONSENSUS_RULES.register("cluster")
 def cluster(inputs: ConsensusInputs) -> torch.Tensor:
     """Medoid of the densest neighbourhood under ``cluster_threshold``.
 
@@ -308,7 +286,7 @@ def cluster(inputs: ConsensusInputs) -> torch.Tensor:
     return torch.where(members, within, -torch.inf)
 
 
-@register_consensus("confidence")
+@CONSENSUS_RULES.register("confidence")
 def confidence(inputs: ConsensusInputs) -> torch.Tensor:
     """Blend agreement with the clients' own confidence.
 

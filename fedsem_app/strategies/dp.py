@@ -26,8 +26,6 @@ with client-side clipping, but not noised).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -35,11 +33,12 @@ from flwr.serverapp.strategy import (
 )
 
 from fedsem_app.config.sections import DPConfig
+from fedsem_app.registry import Registry
 
-DP_WRAPPERS: Mapping[str, type] = {
-    "server": DifferentialPrivacyServerSideFixedClipping,
-    "client": DifferentialPrivacyClientSideFixedClipping,
-}
+# dp.clip-side -> Flower's fixed-clipping wrapper that clips on that side.
+DP_WRAPPERS: Registry[type[Strategy]] = Registry("DP clip side", key="dp.clip-side")
+DP_WRAPPERS.register("server", DifferentialPrivacyServerSideFixedClipping)
+DP_WRAPPERS.register("client", DifferentialPrivacyClientSideFixedClipping)
 
 
 def wrap(strategy: Strategy, cfg: DPConfig, num_clients: int) -> Strategy:

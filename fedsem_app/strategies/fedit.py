@@ -61,7 +61,6 @@ class FedIT(FedAvgLora):
         See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
 
-    name = "fedit"
     template: ClassVar[str] = "alpaca"
     # A random share of clients a round: fixed-size DP accounting does not fit it.
     supports_dp: ClassVar[bool] = False

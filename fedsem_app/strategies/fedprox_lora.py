@@ -38,8 +38,6 @@ class FedProxLora(FedAvgLora):
         See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
 
-    name = "fedprox-lora"
-
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:

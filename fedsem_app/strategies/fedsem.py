@@ -201,8 +201,6 @@ class FedSem(AppStrategy):
         See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
 
-    name = "fedsem"
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pseudo_labels: list[QAPair] = []

@@ -63,9 +63,10 @@ class AppStrategy(FedAvg):
 
     Notes
     -----
-    Subclasses set :attr:`name` and, if they average adapters,
-    ``needs_shared_model = True`` (the server then refuses mixed models);
-    ``evaluates_every_node = False`` where one node stands for the federation.
+    :func:`~fedsem_app.strategies.register_strategy` sets :attr:`name`. Subclasses
+    that average adapters set ``needs_shared_model = True`` (the server then refuses
+    mixed models); ``evaluates_every_node = False`` where one node stands for the
+    federation.
     """
 
     name: ClassVar[str] = ""

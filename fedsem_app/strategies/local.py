@@ -45,8 +45,6 @@ class Local(AppStrategy):
         See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
 
-    name = "local"
-
     # --- which nodes take part (subclasses pick differently) ---------------------
     def train_nodes(self, grid: Grid) -> list[int]:
         """Nodes that train this round: a FedAvg-style sample (all by default)."""

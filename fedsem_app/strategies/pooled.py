@@ -55,7 +55,6 @@ class Pooled(Local):
         See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
 
-    name = "pooled"
     needs_shared_model = True
     evaluates_every_node = False
 
