@@ -1,6 +1,6 @@
 """Analytic bytes per round for the known models, and the assumptions behind the paper's 1006x.
 
-A thin wrapper of ``fedsem-analytic`` (:mod:`fedsem_app.analytic`) that always writes
+A thin wrapper of ``fedsem-analytic`` (:mod:`fedsem_app.tools.analytic`) that always writes
 its JSON and CSV to an output folder. Every option of ``fedsem-analytic`` passes
 through; with none it prints the default table and the 1006x sweep for
 Llama-3.1-405B.
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import output_folder  # noqa: E402
-from fedsem_app.analytic import main as analytic_main  # noqa: E402
+from fedsem_app.tools.analytic_cli import main as analytic_main  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

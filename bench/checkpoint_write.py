@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from fedsem_app.checkpoint import CHECKPOINT_DIR, save_checkpoint
-from fedsem_app.config import AppConfig
-from fedsem_app.data import QAPair, load_split
+from fedsem_app.config.app import AppConfig
+from fedsem_app.data.records import QAPair
+from fedsem_app.data.split import load_split
+from fedsem_app.run.checkpoint import CHECKPOINT_DIR, save_checkpoint
 
 
 def fedsem_state(cfg: AppConfig) -> dict:

@@ -44,9 +44,9 @@ def measure(model: str, args: argparse.Namespace) -> dict:
     import zaragoza_construction_faq
 
     from fedsem_app.clients import load_client, set_num_threads
-    from fedsem_app.clients.base import answer_length
-    from fedsem_app.config import GenerationConfig, LoraConfig, ModelConfig, TrainConfig
-    from fedsem_app.energy import EnergyMeter, peak_rss_bytes
+    from fedsem_app.clients.energy import EnergyMeter, peak_rss_bytes
+    from fedsem_app.clients.generation import answer_length
+    from fedsem_app.config.sections import GenerationConfig, LoraConfig, ModelConfig, TrainConfig
 
     threads = set_num_threads(0)
     rss_imports = rss_bytes()

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fedsem_app.comm import human_bytes  # noqa: F401 - the bench scripts take it from here
+from fedsem_app.run.meter import human_bytes  # noqa: F401 - the bench scripts take it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,11 +1,11 @@
 """Measured communication and round time of finished runs (fedsem-compare run folders).
 
-Reads the run folders that :mod:`fedsem_app.results` writes (``config.json``,
+Reads the run folders that :mod:`fedsem_app.run.results` writes (``config.json``,
 ``metrics.json``, ``clients.jsonl``, ``consensus_samples.jsonl``) and prints three
 tables:
 
 1. **Bytes per round** by direction and message kind (train / evaluate), measured
-   by the byte meter on the real Flower records (``fedsem_app.comm``), as a mean
+   by the byte meter on the real Flower records (``fedsem_app.run.meter``), as a mean
    over rounds and for the last round (FedSem's round 1 carries no pseudo-labels
    yet), the run total, and the ratio of each strategy to ``fedsem``.
 2. **Bytes per answer token** (FedSem): train bytes up per answer, and per answer
@@ -87,7 +87,7 @@ def bytes_rows(folder: Path) -> dict:
 
 def tokenizer_for(model: str):
     """The clients' tokenizer from the converted model cache, or None."""
-    from fedsem_app.config import ModelConfig
+    from fedsem_app.config.sections import ModelConfig
 
     folder = ModelConfig().cache_path / model
     if not folder.exists():

@@ -42,7 +42,7 @@ import json, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
 from fedsem_app.clients import load_client, set_num_threads
-from fedsem_app.config import LoraConfig
+from fedsem_app.config.sections import LoraConfig
 t1 = time.perf_counter()
 set_num_threads(0)
 name, cache = sys.argv[1], Path(sys.argv[2])

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     import zaragoza_construction_faq
 
     from fedsem_app.clients import load_client, set_num_threads
-    from fedsem_app.clients.base import encode_prompt
-    from fedsem_app.config import GenerationConfig, LoraConfig, ModelConfig
+    from fedsem_app.clients.batching import encode_prompt
+    from fedsem_app.config.sections import GenerationConfig, LoraConfig, ModelConfig
 
     threads = set_num_threads(0)
     client = load_client(args.model, LoraConfig(), device="cpu", cache_dir=ModelConfig().cache_path)

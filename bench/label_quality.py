@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsem_app.config import known_keys, load_app_config
-from fedsem_app.data import load_records
+from fedsem_app.clients.evaluation import rouge_l
+from fedsem_app.config.app import known_keys, load_app_config
+from fedsem_app.data.records import load_records
 from fedsem_app.embedding import cosine_to_reference
-from fedsem_app.evaluation import rouge_l
-from fedsem_app.intervals import mean_interval
+from fedsem_app.run.intervals import mean_interval
 
 
 def score_samples(folder: Path) -> list[dict]:

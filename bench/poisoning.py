@@ -6,7 +6,7 @@ Two parts, each with real models on the packaged construction FAQ:
     Five honest clients (SmolLM2-135M and Gemma-3-270M, alternating), each after
     ``--steps`` LoRA steps on its own Dirichlet partition, answer ``--prompts``
     held-out test prompts. Then 0, 1 or 2 of them are replaced by poisoned clients
-    through the app's fault code (:mod:`fedsem_app.faults`): ``garbage`` (random
+    through the app's fault code (:mod:`fedsem_app.clients.faults`): ``garbage`` (random
     letters) or ``adversarial`` (the same fixed text from every poisoned client, at
     the highest confidence: colluding). Every consensus rule picks one answer per
     prompt; we report how often it picked a poisoned answer and the ROUGE-L and
@@ -49,8 +49,8 @@ POISONED = (0, 1, 2)
 def honest_clients(args: argparse.Namespace, models: list[str]):
     """Train one adapter per client on its partition; yield (client, adapter, data size)."""
     from fedsem_app.clients import load_client, set_num_threads
-    from fedsem_app.config import DataConfig, LoraConfig, ModelConfig, TrainConfig
-    from fedsem_app.data import load_partition
+    from fedsem_app.config.sections import DataConfig, LoraConfig, ModelConfig, TrainConfig
+    from fedsem_app.data.partition import load_partition
 
     set_num_threads(0)
     train = TrainConfig(local_steps=args.steps, batch_size=4, max_seq_len=96)
@@ -73,11 +73,15 @@ def text_part(args: argparse.Namespace, test) -> list[dict]:
     """Consensus quality with poisoned answers, for every rule and attack."""
     import torch
 
-    from fedsem_app.config import CONSENSUS_RULES, FaultConfig, FedSemConfig, GenerationConfig
-    from fedsem_app.consensus import consensus
+    from fedsem_app.clients.evaluation import rouge_l
+    from fedsem_app.clients.faults import corrupt_answers
+    from fedsem_app.config.sections import (
+        FaultConfig,
+        FedSemConfig,
+        GenerationConfig,
+    )
     from fedsem_app.embedding import cosine_to_reference, embed
-    from fedsem_app.evaluation import rouge_l
-    from fedsem_app.faults import corrupt_answers
+    from fedsem_app.strategies.consensus import CONSENSUS_RULES, consensus
 
     prompts = [q.prompt for q in test]
     references = [q.answer for q in test]
@@ -135,9 +139,9 @@ def text_part(args: argparse.Namespace, test) -> list[dict]:
 
 def adapter_part(args: argparse.Namespace, test) -> list[dict]:
     """Test NLL of combined adapters with poisoned clients, for every aggregation rule."""
-    from fedsem_app.config import AGGREGATION_RULES, AggregationConfig, FaultConfig
-    from fedsem_app.faults import corrupt_adapter
-    from fedsem_app.strategies.fedavg_lora import robust_combine
+    from fedsem_app.clients.faults import corrupt_adapter
+    from fedsem_app.config.sections import AggregationConfig, FaultConfig
+    from fedsem_app.strategies.aggregation import AGGREGATION_RULES, robust_combine
 
     trained = list(honest_clients(args, ["smollm2-135m"] * NUM_CLIENTS))
     client = trained[0][0]
@@ -198,8 +202,8 @@ def main() -> None:
     parser.add_argument("--out", help="output folder (default /tmp/fedsem-bench/poisoning-*)")
     args = parser.parse_args()
 
-    from fedsem_app.config import DataConfig
-    from fedsem_app.data import load_split
+    from fedsem_app.config.sections import DataConfig
+    from fedsem_app.data.split import load_split
 
     folder = output_folder("poisoning", args.out)
     test = load_split(DataConfig(), args.seed).test[: args.prompts]

@@ -32,7 +32,7 @@ Run from the project root (about 70 minutes on 2 shared CPU cores)::
     .venv/bin/python bench/privacy.py --strategies fedsem --out /tmp/privacy
 
 ``fedavg-lora-dp`` is ``fedavg-lora`` with ``dp.noise-multiplier = --dp-noise`` and
-``dp.clipping-norm = --dp-clip`` (:mod:`fedsem_app.dp`). With ``--reuse``, runs and
+``dp.clipping-norm = --dp-clip`` (:mod:`fedsem_app.strategies.dp`). With ``--reuse``, runs and
 model views (``views/*.json``) already in ``--out`` are read instead of redone.
 
 Writes ``canary.md/.csv/.json`` and ``membership.md/.csv/.json`` to the output
@@ -122,9 +122,11 @@ def build_data(args: argparse.Namespace, folder: Path) -> Layout:
     """
     import zaragoza_construction_faq
 
-    from fedsem_app.config import DataConfig
-    from fedsem_app.data import QAPair, load_partition, load_split, partition_private
-    from fedsem_app.data import split_dataset as split
+    from fedsem_app.config.sections import DataConfig
+    from fedsem_app.data.partition import load_partition, partition_private
+    from fedsem_app.data.records import QAPair
+    from fedsem_app.data.split import load_split
+    from fedsem_app.data.split import split_dataset as split
 
     cfg = DataConfig()
     rng = np.random.default_rng(args.seed)
@@ -197,7 +199,7 @@ def build_data(args: argparse.Namespace, folder: Path) -> Layout:
 
 def run_config(args: argparse.Namespace, layout: Layout) -> dict:
     """``conf/study.toml`` with this benchmark's changes (see the module docstring)."""
-    from fedsem_app.compare import read_profile
+    from fedsem_app.tools.compare import read_profile
 
     shared, _ = read_profile(ROOT / "conf" / "study.toml")
     return {
@@ -219,16 +221,16 @@ def run_config(args: argparse.Namespace, layout: Layout) -> dict:
 
 def secret_in(texts, canaries: list[Canary]) -> int:
     """Texts that hold any canary's secret word for word."""
-    from fedsem_app.privacy import verbatim_hits
+    from fedsem_app.tools.privacy import verbatim_hits
 
     return sum(verbatim_hits(texts, c.secret) for c in canaries)
 
 
 def model_view(folder: Path, layout: Layout, args: argparse.Namespace) -> dict:
     """Exposure, verbatim generations and loss-attack AUC of one saved adapter."""
-    from fedsem_app.chat import load_adapter
-    from fedsem_app.config import GenerationConfig
-    from fedsem_app.privacy import auc, auc_interval, exposure
+    from fedsem_app.config.sections import GenerationConfig
+    from fedsem_app.tools.chat import load_adapter
+    from fedsem_app.tools.privacy import auc, auc_interval, exposure
 
     client, _ = load_adapter(folder)
     rng = np.random.default_rng(args.seed + 7)
@@ -268,8 +270,8 @@ def per_pair_nll(client, pairs) -> np.ndarray:
 
 def server_answers_view(run: Path, layout: Layout) -> dict:
     """What the fedsem server received: secrets in answers, pseudo-labels, answer-MIA AUC."""
-    from fedsem_app.evaluation import rouge_l
-    from fedsem_app.privacy import auc, auc_interval
+    from fedsem_app.clients.evaluation import rouge_l
+    from fedsem_app.tools.privacy import auc, auc_interval
 
     index = json.loads((run / "final" / "index.json").read_text())
     node0 = next(
@@ -369,7 +371,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="measure runs already in --out")
     args = parser.parse_args()
 
-    from fedsem_app.compare import run_strategy
+    from fedsem_app.tools.compare import run_strategy
 
     folder = output_folder("privacy", args.out).resolve()
     layout = build_data(args, folder)

@@ -6,7 +6,7 @@ the attention projections), every code and scale mode:
 * ``payload``: the analytic data bytes (4 per float32 value; codes plus 4 bytes per
   scale, :func:`fedsem_app.quantize.payload_bytes`);
 * ``record``: the serialised ArrayRecord as the byte meter counts it
-  (:func:`fedsem_app.comm.record_bytes`: names, shapes and framing included);
+  (:func:`fedsem_app.run.meter.record_bytes`: names, shapes and framing included);
 * ``round``: one ``fedavg-lora`` round of ``--clients`` clients as the meter counts
   the adapters in it: the global adapter down to each client for training, each
   trained adapter up, and the new global adapter down again for evaluation
@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from fedsem_app import protocol as p
     from fedsem_app.clients import load_client
-    from fedsem_app.comm import record_bytes
-    from fedsem_app.config import LoraConfig, ModelConfig
+    from fedsem_app.config.sections import LoraConfig, ModelConfig
     from fedsem_app.quantize import BITS, decode_record, encode_record, payload_bytes
+    from fedsem_app.run.meter import record_bytes
 
     client = load_client(args.model, LoraConfig(), device="cpu", cache_dir=ModelConfig().cache_path)
     client.set_adapter(None)

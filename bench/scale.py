@@ -32,10 +32,10 @@ from bench.common import PeakRSS, machine, markdown, output_folder, write_result
 def run_cell(strategy: str, k: int, args: argparse.Namespace) -> dict:
     """One run of ``strategy`` with ``k`` clients; mean per-round numbers over rounds 1+."""
     from fedsem_app.client_app import app as client_app
-    from fedsem_app.comm import MeteredGrid
-    from fedsem_app.config import load_app_config
-    from fedsem_app.data import load_split
-    from fedsem_app.results import RunLog, make_run_folder
+    from fedsem_app.config.app import load_app_config
+    from fedsem_app.data.split import load_split
+    from fedsem_app.run.meter import MeteredGrid
+    from fedsem_app.run.results import RunLog, make_run_folder
     from fedsem_app.strategies import get_strategy_class
     from tests.fake_grid import FakeGrid
 

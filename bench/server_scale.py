@@ -4,7 +4,7 @@ For every cell of the grid (K clients, P public prompts) it builds K synthetic r
 as clients send them (a ConfigRecord of ids, texts, confidences), then times the real
 server code path of a FedSem round:
 
-``validate``   :func:`fedsem_app.validation.check_answers` on every reply
+``validate``   :func:`fedsem_app.strategies.validation.check_answers` on every reply
 ``grid``       :func:`fedsem_app.strategies.fedsem.answer_grid`
 ``embed``      the embedding part of :func:`~fedsem_app.strategies.fedsem.vote_in_chunks`
 ``consensus``  the consensus part of it (rule ``medoid``, vectorised over prompts)
@@ -47,11 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import PeakRSS, machine, markdown, output_folder, write_results  # noqa: E402
 from fedsem_app import protocol as p  # noqa: E402
-from fedsem_app.config import FedSemConfig  # noqa: E402
+from fedsem_app.clients.energy import EnergyMeter  # noqa: E402
+from fedsem_app.config.sections import FedSemConfig  # noqa: E402
 from fedsem_app.embedding import get_embedder  # noqa: E402
-from fedsem_app.energy import EnergyMeter  # noqa: E402
 from fedsem_app.strategies.fedsem import answer_grid, embed_grid, vote_in_chunks  # noqa: E402
-from fedsem_app.validation import check_answers  # noqa: E402
+from fedsem_app.strategies.validation import check_answers  # noqa: E402
 
 DIM = 384  # all-MiniLM-L6-v2
 ENCODE_BATCH = 128  # fedsem_app.embedding.embed's default

@@ -3,7 +3,7 @@
 Runs each (variant, seed) through the real ``flwr run`` path, one after the other,
 into ``<out>/runs/<variant>-s<seed>``, skipping runs that already finished (so an
 interrupted study resumes), then writes ``study.md`` / ``study.csv`` and the plots
-with :func:`fedsem_app.comparison.write_study`.
+with :func:`fedsem_app.tools.study.write_study`.
 
     python bench/study.py [--out DIR] [--seeds 1,2,3] [--variants local,pooled,...]
     python bench/study.py --report-only ...   # tables from the runs that finished
@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedsem_app.compare import DEFAULT_FEDERATION, default_app_dir, read_profile, run_strategy
-from fedsem_app.comparison import load_run, write_study
+from fedsem_app.tools.compare import DEFAULT_FEDERATION, default_app_dir, read_profile, run_strategy
+from fedsem_app.tools.comparison import load_run
+from fedsem_app.tools.study import write_study
 
 # Two architectures under one federation: each model is held against the same model trained
 # locally (``local-hetero``).

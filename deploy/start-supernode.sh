@@ -25,7 +25,7 @@ Connection:
                                  default 9094, one per SuperNode on a host
 
 What this node runs (its --node-config; these win over the run config). Either
-from a federation spec (fedsem_app/spec.py; `fedsem-spec deploy SPEC` prints the
+from a federation spec (fedsem_app/spec/; `fedsem-spec deploy SPEC` prints the
 command for every client):
   --spec FILE --client NAME      the client NAME of the spec FILE: its partition,
                                  name, model, data file and mapping, device, LoRA

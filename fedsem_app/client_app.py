@@ -1,5 +1,7 @@
 """ClientApp: one handler per message type; it does what each message holds.
 
+Runs on the client: Flower starts it on every SuperNode (or virtual node).
+
 A train message may carry a global adapter (load it), pseudo-labels (train on
 them with the private data), public prompts (answer them) and a request to
 return the adapter. The same code path serves every strategy, so the
@@ -19,24 +21,25 @@ from flwr.clientapp import ClientApp
 
 from fedsem_app import protocol as p
 from fedsem_app.clients import load_client, resolve_device, set_num_threads
-from fedsem_app.config import (
-    AppConfig,
-    ConfigError,
-    DataConfig,
-    NodeConfig,
-    load_app_config,
-    load_node_config,
+from fedsem_app.clients.energy import EnergyMeter
+from fedsem_app.clients.evaluation import evaluate_client
+from fedsem_app.clients.export import (
+    export_client,
+    node_adapter_file,
+    remember_run,
+    saved_final_adapter,
 )
-from fedsem_app.data import QAPair, load_node_private, load_partition
-from fedsem_app.dp import dp_clipping_mod
-from fedsem_app.energy import EnergyMeter
-from fedsem_app.evaluation import evaluate_client
-from fedsem_app.export import export_client, node_adapter_file, remember_run, saved_final_adapter
-from fedsem_app.faults import ADAPTER_MODES, TEXT_MODES, corrupt_adapter, corrupt_answers
+from fedsem_app.clients.faults import ADAPTER, ANSWERS, corrupt_adapter, corrupt_answers, targets
+from fedsem_app.clients.mods import dp_clipping_mod, progress_mod
+from fedsem_app.config.app import AppConfig, load_app_config
+from fedsem_app.config.errors import ConfigError
+from fedsem_app.config.node import NodeConfig, load_node_config
+from fedsem_app.config.sections import DataConfig
+from fedsem_app.data.partition import load_partition
+from fedsem_app.data.records import QAPair, load_node_private
 from fedsem_app.files import atomic_write
 from fedsem_app.quantize import decode_record, encode_record
-from fedsem_app.spec import node_config_with_spec
-from fedsem_app.tracking import progress_mod
+from fedsem_app.spec.apply import node_config_with_spec
 from fedsem_app.wire import pack_texts, unpack_texts
 
 # progress_mod: a log line per message (visible in flwr run --stream); dp_clipping_mod:
@@ -93,7 +96,7 @@ def adapter_file(cache_dir: Path, context: Context, model_name: str) -> Path:
     """Where this node keeps its own adapter of ``model_name`` on disk for this run.
 
     Keyed by the run folder and partition id, not Flower's run and node ids, which
-    change when a run is resumed (see :func:`fedsem_app.export.node_adapter_file`).
+    change when a run is resumed (see :func:`fedsem_app.clients.export.node_adapter_file`).
     """
     return node_adapter_file(cache_dir, context, model_name)
 
@@ -212,7 +215,7 @@ def train(msg: Message, context: Context) -> Message:
             for t, done in zip(answers.texts, answers.finished, strict=True)
         ]
         confidences = [float(c) for c in answers.confidences]
-        if faulty and cfg.fault.mode in TEXT_MODES:
+        if faulty and targets(cfg.fault.mode, ANSWERS):
             texts, confidences = corrupt_answers(cfg.fault, texts, confidences, rng)
         content[p.ANSWERS] = ConfigRecord(
             {
@@ -225,7 +228,7 @@ def train(msg: Message, context: Context) -> Message:
     if config.get(p.RETURN_ADAPTER, False):
         code = str(config.get(p.QUANTIZE, "none"))
         content[p.ADAPTER] = context.state[STATE_ADAPTER]
-        if faulty and cfg.fault.mode in ADAPTER_MODES:
+        if faulty and targets(cfg.fault.mode, ADAPTER):
             trained = corrupt_adapter(cfg.fault, client.adapter_state(), rng)
             content[p.ADAPTER] = _adapter_record(trained)
         if code != "none":  # the strategy asked for the adapter quantized on the wire

@@ -1,4 +1,7 @@
-"""Sentence embeddings of answers, with the packaged all-MiniLM-L6-v2 as default."""
+"""Sentence embeddings of answers, with the packaged all-MiniLM-L6-v2 as default.
+
+Shared: the server embeds answers for the consensus, a client its evaluation answers.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Wire protocol: every record key and message field, defined once.
 
+Shared: the server writes and reads these keys, and so does every client.
+
 A train message carries a ConfigRecord under :data:`TRAIN_CONFIG` and, depending
 on the strategy, the round's public prompts (:data:`PUBLIC`), last round's
 pseudo-labels (:data:`PSEUDO`) and/or a global adapter (:data:`ADAPTER`). The
@@ -50,14 +52,14 @@ EVAL_SECONDS = "eval-seconds"
 PER_PROMPT = {ROUGE_L: "rouge-l-per-prompt", EMBED_SIM: "embed-sim-per-prompt"}
 NLL_SUMS = "nll-sum-per-prompt"  # summed token NLL of each reference answer
 NLL_TOKENS = "nll-tokens-per-prompt"  # its token count (NLL is a ratio of the two sums)
-CPU_SECONDS = "cpu-seconds"  # process CPU time of the handler (fedsem_app.energy)
+CPU_SECONDS = "cpu-seconds"  # process CPU time of the handler (fedsem_app.clients.energy)
 GPU_JOULES = "gpu-joules"  # NVML energy of the handler; sent only where measured
 
 # --- message types --------------------------------------------------------------
 TRAIN = "train"
 EVALUATE = "evaluate"
 
-# --- run bookkeeping the server adds to every train/evaluate config (fedsem_app.export)
+# --- run bookkeeping the server adds to every train/evaluate config (fedsem_app.final)
 RUN_FOLDER = "run-folder"  # the server's absolute run folder: names the run across resumes
 NUM_ROUNDS = "num-server-rounds"  # the run's total, so a client knows its last round
 CLIENT_EXPORT = "export-client-adapters"  # true: clients save their own final adapter

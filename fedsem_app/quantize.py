@@ -1,5 +1,7 @@
 """Adapters quantized on the wire: symmetric int8 / int4 codes with float32 scales.
 
+Shared: both sides encode and decode adapters with it.
+
 The compressed-adapter baseline (``aggregation.quantize``) sends every LoRA
 tensor of ``fedavg-lora`` / ``fedit`` / ``fedprox-lora`` as integer codes plus
 scales, in both directions, as NVFlare's quantization filters do; the server

@@ -1,4 +1,7 @@
-"""ServerApp: read the config, prepare data and results, run the chosen strategy."""
+"""ServerApp: read the config, prepare data and results, run the chosen strategy.
+
+Runs on the server: Flower starts it as the run's ServerApp.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +11,19 @@ from flwr.app import ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedsem_app.checkpoint import Checkpoint, open_resume
 from fedsem_app.clients import check_model_name
-from fedsem_app.comm import MeteredGrid
-from fedsem_app.config import AppConfig, ConfigError, load_app_config
-from fedsem_app.data import load_split
-from fedsem_app.export import FinalAdapterWatch, run_config_record, write_final
-from fedsem_app.results import RunLog, make_run_folder
-from fedsem_app.spec import FederationSpec, apply_spec, check_strategy, spec_summary
+from fedsem_app.config.app import AppConfig, load_app_config
+from fedsem_app.config.errors import ConfigError
+from fedsem_app.data.split import load_split
+from fedsem_app.final import run_config_record
+from fedsem_app.run.checkpoint import Checkpoint, open_resume
+from fedsem_app.run.export import FinalAdapterWatch, write_final
+from fedsem_app.run.meter import MeteredGrid
+from fedsem_app.run.results import RunLog, make_run_folder
+from fedsem_app.run.tracking import open_tracker, tracked
+from fedsem_app.spec.apply import apply_spec, check_strategy, spec_summary
+from fedsem_app.spec.schema import FederationSpec
 from fedsem_app.strategies import STRATEGIES, get_strategy_class, shared_model_problem
-from fedsem_app.tracking import open_tracker, tracked
 
 app = ServerApp()
 

@@ -1,5 +1,7 @@
 """Text lists on the wire: plain ``list[str]`` or one zlib-compressed blob.
 
+Shared: clients encode answers and the server pseudo-labels and prompts with it.
+
 With ``fedsem.wire-compression = "zlib"`` the answers a client sends and the
 pseudo-labels and prompts the server sends travel as one compressed UTF-8 JSON
 array under ``<field>-zlib`` (bytes) instead of a ``list[str]`` under ``<field>``.
@@ -16,8 +18,10 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+from fedsem_app.registry import Registry
 
 ZLIB_SUFFIX = "-zlib"
 ZLIB_LEVEL = 9
@@ -27,12 +31,26 @@ class WireError(ValueError):
     """A compressed text field that cannot be read (corrupt, too large, wrong type)."""
 
 
-def pack_texts(field: str, texts: Sequence[str], codec: str) -> dict[str, Any]:
-    """Record entries that carry ``texts`` under ``field`` with ``codec`` ("none" or "zlib")."""
-    if codec == "zlib":
-        blob = json.dumps(list(texts), ensure_ascii=False).encode()
-        return {field + ZLIB_SUFFIX: zlib.compress(blob, ZLIB_LEVEL)}
+# fedsem.wire-compression -> fn(field, texts) -> the record entries that carry them.
+CODECS: Registry[Callable[[str, Sequence[str]], dict[str, Any]]] = Registry(
+    "wire codec", key="fedsem.wire-compression"
+)
+
+
+@CODECS.register("none")
+def _plain(field: str, texts: Sequence[str]) -> dict[str, Any]:
     return {field: list(texts)}
+
+
+@CODECS.register("zlib")
+def _zlib(field: str, texts: Sequence[str]) -> dict[str, Any]:
+    blob = json.dumps(list(texts), ensure_ascii=False).encode()
+    return {field + ZLIB_SUFFIX: zlib.compress(blob, ZLIB_LEVEL)}
+
+
+def pack_texts(field: str, texts: Sequence[str], codec: str) -> dict[str, Any]:
+    """Record entries that carry ``texts`` under ``field`` with ``codec`` (see :data:`CODECS`)."""
+    return CODECS[codec](field, texts)
 
 
 def unpack_texts(record: Mapping[str, Any], field: str, max_bytes: int) -> Any:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from fedsem_app import analytic
-from fedsem_app.analytic import (
+from fedsem_app.tools import analytic_cli as analytic
+from fedsem_app.tools.analytic import (
     Architecture,
     Assumptions,
     behaviour_bytes,

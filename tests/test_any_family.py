@@ -12,9 +12,9 @@ import torch
 from transformers import AutoModelForCausalLM, BloomConfig, FalconConfig, Gemma2Config, Phi3Config
 
 from fedsem_app.clients import clear_client_cache, load_client
-from fedsem_app.clients.base import LORA_TARGET_MODULES, adapted_module_kinds
+from fedsem_app.clients.lora import LORA_TARGET_MODULES, adapted_module_kinds
 from fedsem_app.clients.tiny import load_tiny_tokenizer
-from fedsem_app.config import GenerationConfig, LoraConfig, TrainConfig
+from fedsem_app.config.sections import GenerationConfig, LoraConfig, TrainConfig
 
 SIZES = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4)
 # family -> (config, the module kinds LoRA must adapt: peft's mapping, or all linear layers)
@@ -76,7 +76,7 @@ def test_the_gpu_profile_is_a_valid_run_config():
     import tomllib
     from pathlib import Path
 
-    from fedsem_app.config import load_app_config
+    from fedsem_app.config.app import load_app_config
 
     profile = tomllib.loads((Path(__file__).parents[1] / "conf" / "gpu.toml").read_text())
     flat = {f"{section}.{k}": v for section, keys in profile.items() for k, v in keys.items()}

@@ -8,7 +8,8 @@ must name the key, the problem and the fix.
 import datasets
 import pytest
 
-from fedsem_app.config import ConfigError, load_app_config
+from fedsem_app.config.app import load_app_config
+from fedsem_app.config.errors import ConfigError
 from fedsem_app.server_app import check_setup
 
 

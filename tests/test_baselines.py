@@ -7,10 +7,11 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsem_app import protocol as p
-from fedsem_app.comm import MeteredGrid
-from fedsem_app.config import ConfigError, load_app_config
-from fedsem_app.data import load_split
-from fedsem_app.results import RunLog, make_run_folder
+from fedsem_app.config.app import load_app_config
+from fedsem_app.config.errors import ConfigError
+from fedsem_app.data.split import load_split
+from fedsem_app.run.meter import MeteredGrid
+from fedsem_app.run.results import RunLog, make_run_folder
 from fedsem_app.server_app import check_setup
 from fedsem_app.strategies import get_strategy_class
 from fedsem_app.strategies.fedavg_lora import adapter_layout, adapter_problem

@@ -17,13 +17,9 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsem_app import protocol as p
-from fedsem_app.checkpoint import (
-    CHECKPOINT_DIR,
-    open_resume,
-    read_checkpoint,
-    save_checkpoint,
-)
-from fedsem_app.config import ConfigError, load_app_config
+from fedsem_app.config.app import load_app_config
+from fedsem_app.config.errors import ConfigError
+from fedsem_app.run.checkpoint import CHECKPOINT_DIR, open_resume, read_checkpoint, save_checkpoint
 from fedsem_app.server_app import main
 from fedsem_app.strategies.fedavg_lora import FedAvgLora
 from tests.fake_grid import FakeGrid, wire_copy

@@ -7,10 +7,10 @@ import pytest
 
 from fedsem_app import protocol as p
 from fedsem_app.client_app import STATE_ADAPTER, app
-from fedsem_app.comm import MeteredGrid
-from fedsem_app.config import load_app_config
-from fedsem_app.data import load_split
-from fedsem_app.results import RunLog, make_run_folder
+from fedsem_app.config.app import load_app_config
+from fedsem_app.data.split import load_split
+from fedsem_app.run.meter import MeteredGrid
+from fedsem_app.run.results import RunLog, make_run_folder
 from fedsem_app.strategies import get_strategy_class
 from tests.fake_grid import FakeGrid
 
@@ -83,7 +83,7 @@ def test_node_with_unknown_model_is_reported_and_the_round_goes_on(tmp_path, cac
 def test_adapter_changes_with_training_and_is_restored(tmp_path, cache_dir):
     _, _, grid = run_fedsem(tmp_path, cache_dir, ["tiny-llama", "tiny-llama"], rounds=1)
     from fedsem_app.clients import load_client
-    from fedsem_app.config import LoraConfig
+    from fedsem_app.config.sections import LoraConfig
 
     client = load_client(
         "tiny-llama", LoraConfig(), device="cpu", cache_dir=cache_dir, template="chat", seed=42
@@ -145,7 +145,7 @@ def test_a_restarted_node_finds_its_adapter_on_disk(tmp_path, cache_dir):
 
     from fedsem_app.client_app import _restore_adapter, adapter_file
     from fedsem_app.clients import load_client
-    from fedsem_app.config import LoraConfig
+    from fedsem_app.config.sections import LoraConfig
 
     _, _, grid = run_fedsem(tmp_path, cache_dir, ["tiny-llama", "tiny-gpt2"], rounds=1)
     ctx = grid._grid.contexts[1]

@@ -31,11 +31,11 @@ from fedsem_app.clients import (
     resolve_device,
     set_num_threads,
 )
-from fedsem_app.clients.base import encode_prompt, pad_batch, sample_batches
+from fedsem_app.clients.batching import encode_prompt, pad_batch, sample_batches
 from fedsem_app.clients.registry import build_cached_folder
 from fedsem_app.clients.templates import ALPACA_HEADER
 from fedsem_app.clients.tiny import TOKENIZER_FOLDER, load_tiny_tokenizer
-from fedsem_app.config import GenerationConfig, LoraConfig, ModelConfig, TrainConfig
+from fedsem_app.config.sections import GenerationConfig, LoraConfig, ModelConfig, TrainConfig
 
 TINY = ["tiny-llama", "tiny-qwen2", "tiny-gpt2", "tiny-gpt-neox", "tiny-opt"]
 LORA = LoraConfig(rank=4, alpha=8, dropout=0.0)

@@ -3,8 +3,8 @@ import json
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from fedsem_app.comm import MeteredGrid, record_bytes
-from fedsem_app.results import RunLog, make_run_folder
+from fedsem_app.run.meter import MeteredGrid, record_bytes
+from fedsem_app.run.results import RunLog, make_run_folder
 from tests.fake_grid import FakeGrid
 
 
@@ -76,7 +76,7 @@ def test_run_folders_are_never_reused(tmp_path):
 def test_silent_and_vanished_nodes_are_named(caplog):
     from flwr.app import Error
 
-    from fedsem_app.comm import attribute_replies
+    from fedsem_app.run.meter import attribute_replies
 
     def client(msg, ctx):
         return Message(content=text_record(5), reply_to=msg)

@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from fedsem_app.compare import (
-    failure_reason,
-    main,
-    read_profile,
-    run_config_text,
-)
-from fedsem_app.comparison import load_run, markdown_table, table_row, write_comparison
-from fedsem_app.config import ConfigError, load_app_config
+from fedsem_app.config.app import load_app_config
+from fedsem_app.config.errors import ConfigError
+from fedsem_app.tools.compare import failure_reason, main, read_profile, run_config_text
+from fedsem_app.tools.comparison import load_run, markdown_table, table_row, write_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -206,7 +202,7 @@ def test_failure_reason_picks_the_exception_line():
     # What `flwr run --stream` prints when the ServerApp refuses a config (exit code 0!)
     flwr_output = [
         "    raise ConfigError(",
-        "fedsem_app.config.ConfigError: config key 'model.names': mixes 2 models",
+        "fedsem_app.config.errors.ConfigError: config key 'model.names': mixes 2 models",
         "\x1b[91mERROR \x1b[0m:     Exit Code: 700",
         "An unhandled exception occurred when running the simulation.",
     ]

@@ -3,13 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from fedsem_app.config import (
-    AppConfig,
-    ConfigError,
-    known_keys,
-    load_app_config,
-    load_node_config,
-)
+from fedsem_app.config.app import AppConfig, known_keys, load_app_config
+from fedsem_app.config.errors import ConfigError
+from fedsem_app.config.node import load_node_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fedsem_app import config
-from fedsem_app.consensus import CONSENSUS_RULES, consensus, pairwise_cosine
+from fedsem_app.config.errors import ConfigError
+from fedsem_app.config.sections import FedSemConfig
+from fedsem_app.strategies.consensus import CONSENSUS_RULES, consensus, pairwise_cosine
 
 COS10 = math.cos(math.radians(10))  # 0.98481
 COS80 = math.cos(math.radians(80))  # 0.17365
@@ -36,7 +37,11 @@ A0, A1 = (COS10 + 0) / 2, (COS10 + COS80) / 2
 
 
 def test_rules_registry_matches_config_choices():
-    assert set(CONSENSUS_RULES) == set(config.CONSENSUS_RULES)
+    # The config accepts exactly the registered rules: it asks the registry.
+    for rule in CONSENSUS_RULES:
+        assert FedSemConfig(consensus=rule).consensus == rule
+    with pytest.raises(ConfigError, match="allowed values: " + ", ".join(sorted(CONSENSUS_RULES))):
+        FedSemConfig(consensus="no-such-rule")
 
 
 def test_pairwise_cosine_by_hand():

@@ -8,23 +8,23 @@ import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsem_app import protocol as p
-from fedsem_app.clients.base import mixed_batches
-from fedsem_app.comm import MeteredGrid
-from fedsem_app.comparison import (
-    RunRecord,
+from fedsem_app.clients.batching import mixed_batches
+from fedsem_app.config.app import load_app_config
+from fedsem_app.data.split import load_split
+from fedsem_app.run.intervals import mean_interval, ratio_interval
+from fedsem_app.run.meter import MeteredGrid
+from fedsem_app.run.results import RunLog, make_run_folder
+from fedsem_app.strategies import get_strategy_class
+from fedsem_app.strategies.consensus import consensus, text_key
+from fedsem_app.strategies.fedsem import pick_shares
+from fedsem_app.tools.comparison import RunRecord
+from fedsem_app.tools.study import (
     first_reaching,
     gain_per_round,
     model_rows,
     paired_rows,
     study_rows,
 )
-from fedsem_app.config import load_app_config
-from fedsem_app.consensus import consensus, text_key
-from fedsem_app.data import load_split
-from fedsem_app.intervals import mean_interval, ratio_interval
-from fedsem_app.results import RunLog, make_run_folder
-from fedsem_app.strategies import get_strategy_class
-from fedsem_app.strategies.fedsem import pick_shares
 from tests.fake_grid import FakeGrid
 
 

@@ -3,16 +3,11 @@ import json
 import datasets
 import pytest
 
-from fedsem_app.config import ConfigError, DataConfig
-from fedsem_app.data import (
-    QAPair,
-    load_node_private,
-    load_partition,
-    load_records,
-    load_split,
-    partition_private,
-    split_dataset,
-)
+from fedsem_app.config.errors import ConfigError
+from fedsem_app.config.sections import DataConfig
+from fedsem_app.data.partition import load_partition, partition_private
+from fedsem_app.data.records import QAPair, load_node_private, load_records
+from fedsem_app.data.split import load_split, split_dataset
 
 
 @pytest.fixture(scope="module")

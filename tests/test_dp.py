@@ -7,10 +7,13 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from fedsem_app import dp
 from fedsem_app import protocol as p
-from fedsem_app.config import ConfigError, DPConfig, load_app_config
+from fedsem_app.clients.mods import dp_clipping_mod
+from fedsem_app.config.app import load_app_config
+from fedsem_app.config.errors import ConfigError
+from fedsem_app.config.sections import DPConfig
 from fedsem_app.server_app import check_setup
+from fedsem_app.strategies import dp
 from tests.test_baselines import adapter, run, train_reply
 
 TINY_NOISE = {"dp.noise-multiplier": 1e-6, "dp.clipping-norm": 1.0}
@@ -86,7 +89,7 @@ def test_clipping_mod_passes_other_messages_through():
         metadata = Meta()
         content = RecordDict({p.TRAIN_CONFIG: ConfigRecord({p.ROUND: 1})})
 
-    assert dp.dp_clipping_mod(Msg(), None, inner) == "reply" and len(calls) == 1
+    assert dp_clipping_mod(Msg(), None, inner) == "reply" and len(calls) == 1
 
 
 @pytest.mark.slow

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from fedsem_app import energy
 from fedsem_app import protocol as p
-from fedsem_app.energy import EnergyMeter, EnergyReading
+from fedsem_app.clients import energy
+from fedsem_app.clients.energy import EnergyMeter, EnergyReading
 
 
 def test_cpu_seconds_count_work_not_sleep():

@@ -9,10 +9,12 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from fedsem_app import protocol as p
-from fedsem_app.config import AggregationConfig, ConfigError, FaultConfig, load_app_config
-from fedsem_app.faults import corrupt_adapter, corrupt_answers, garbage_text
-from fedsem_app.strategies.fedavg_lora import robust_combine
-from fedsem_app.validation import check_answers
+from fedsem_app.clients.faults import corrupt_adapter, corrupt_answers, garbage_text
+from fedsem_app.config.app import load_app_config
+from fedsem_app.config.errors import ConfigError
+from fedsem_app.config.sections import AggregationConfig, FaultConfig
+from fedsem_app.strategies.aggregation import robust_combine
+from fedsem_app.strategies.validation import check_answers
 from fedsem_app.wire import WireError, pack_texts, unpack_texts
 
 # --- faults -------------------------------------------------------------------------

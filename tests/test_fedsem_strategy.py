@@ -6,10 +6,10 @@ import math
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsem_app import protocol as p
-from fedsem_app.comm import MeteredGrid
-from fedsem_app.config import load_app_config
-from fedsem_app.data import load_split
-from fedsem_app.results import RunLog, make_run_folder
+from fedsem_app.config.app import load_app_config
+from fedsem_app.data.split import load_split
+from fedsem_app.run.meter import MeteredGrid
+from fedsem_app.run.results import RunLog, make_run_folder
 from fedsem_app.strategies import get_strategy_class
 from fedsem_app.strategies.fedsem import public_slice
 from tests.fake_grid import FakeGrid

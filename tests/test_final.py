@@ -12,11 +12,11 @@ from peft import PeftModel
 from safetensors.numpy import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fedsem_app import chat
 from fedsem_app.client_app import STATE_ADAPTER, app
 from fedsem_app.clients import CausalLMClient
-from fedsem_app.config import GenerationConfig
-from fedsem_app.export import ADAPTER_CACHE
+from fedsem_app.config.sections import GenerationConfig
+from fedsem_app.final import ADAPTER_CACHE
+from fedsem_app.tools import chat
 from tests.test_checkpoint import CrashingGrid, SimulatedCrash, run_main
 
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "README.md", "fedsem.json"}
@@ -190,7 +190,7 @@ def test_a_finished_run_extended_by_a_resume_starts_from_the_saved_adapters(feds
     from fedsem_app import protocol as p
     from fedsem_app.client_app import _restore_adapter
     from fedsem_app.clients import load_client
-    from fedsem_app.config import LoraConfig
+    from fedsem_app.config.sections import LoraConfig
 
     folder, _ = fedsem_run
     # The run is over: no cache file is left, only final/; a new run (new ids) goes on.
@@ -214,7 +214,7 @@ def test_a_finished_run_extended_by_a_resume_starts_from_the_saved_adapters(feds
 
 
 def test_fedavg_lora_saves_the_global_adapter_and_chat_uses_it(tmp_path, cache_dir, capsys):
-    from fedsem_app.checkpoint import read_checkpoint
+    from fedsem_app.run.checkpoint import read_checkpoint
 
     cfg = run_config(
         tmp_path,

@@ -12,7 +12,7 @@ import pytest
 
 from tests.test_flwr_run import ROOT, write_profile
 
-# The files of a finished fedsem run folder (see fedsem_app.results and .checkpoint).
+# The files of a finished fedsem run folder (see fedsem_app.run.results and .checkpoint).
 FINISHED_LAYOUT = [
     "bytes.png",
     "checkpoint/resume.toml",

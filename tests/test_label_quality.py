@@ -11,8 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import label_quality  # noqa: E402
-from fedsem_app.config import load_app_config  # noqa: E402
-from fedsem_app.data import load_records  # noqa: E402
+from fedsem_app.config.app import load_app_config  # noqa: E402
+from fedsem_app.data.records import load_records  # noqa: E402
 
 
 def test_chosen_against_mean_and_best_candidate():

@@ -1,4 +1,4 @@
-"""Privacy attack pieces (fedsem_app.privacy) with hand-worked expectations."""
+"""Privacy attack pieces (fedsem_app.tools.privacy) with hand-worked expectations."""
 
 import json
 import math
@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from fedsem_app.intervals import two_sample_interval
-from fedsem_app.privacy import (
+from fedsem_app.run.intervals import two_sample_interval
+from fedsem_app.tools.privacy import (
     auc,
     auc_interval,
     exposure,
@@ -85,8 +85,9 @@ def test_bench_plants_every_canary_in_client_0_and_asks_them_first(tmp_path):
     import argparse
 
     from bench.privacy import NUM_CLIENTS, build_data
-    from fedsem_app.config import DataConfig
-    from fedsem_app.data import load_partition, load_split
+    from fedsem_app.config.sections import DataConfig
+    from fedsem_app.data.partition import load_partition
+    from fedsem_app.data.split import load_split
 
     args = argparse.Namespace(
         seed=42, records=260, canaries=5, copies=3, rounds=2, prompts_per_round=24, non_members=60

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedsem_app import protocol as p
-from fedsem_app.config import load_app_config
-from fedsem_app.data import load_split
-from fedsem_app.results import RunLog, make_run_folder
+from fedsem_app.config.app import load_app_config
+from fedsem_app.data.split import load_split
+from fedsem_app.run.results import RunLog, make_run_folder
 from fedsem_app.strategies import get_strategy_class, strategy_names
 from tests.fake_grid import FakeGrid
 

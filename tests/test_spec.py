@@ -8,23 +8,19 @@ import pytest
 
 from fedsem_app import protocol as p
 from fedsem_app.client_app import STATE_ADAPTER, app
-from fedsem_app.comm import MeteredGrid
-from fedsem_app.compare import spec_strategies
-from fedsem_app.config import ConfigError, load_app_config, load_node_config
-from fedsem_app.data import load_split
-from fedsem_app.results import RunLog, make_run_folder
+from fedsem_app.config.app import load_app_config
+from fedsem_app.config.errors import ConfigError
+from fedsem_app.config.node import load_node_config
+from fedsem_app.data.split import load_split
+from fedsem_app.run.meter import MeteredGrid
+from fedsem_app.run.results import RunLog, make_run_folder
 from fedsem_app.server_app import check_setup
-from fedsem_app.spec import (
-    SpecError,
-    apply_spec,
-    node_check,
-    node_config_with_spec,
-    parse_spec,
-    read_spec,
-    resolve_spec_path,
-)
-from fedsem_app.spec_cli import main as spec_main
+from fedsem_app.spec.apply import apply_spec, node_check, node_config_with_spec
+from fedsem_app.spec.read import parse_spec, read_spec, resolve_spec_path
+from fedsem_app.spec.schema import SpecError
 from fedsem_app.strategies import get_strategy_class
+from fedsem_app.tools.compare import spec_strategies
+from fedsem_app.tools.spec_cli import main as spec_main
 from tests.fake_grid import FakeGrid
 
 ROOT = Path(__file__).resolve().parents[1]

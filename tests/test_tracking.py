@@ -6,10 +6,12 @@ import pytest
 from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedsem_app import protocol as p
-from fedsem_app import tracking
-from fedsem_app.config import ConfigError, load_app_config
-from fedsem_app.results import RunLog
-from fedsem_app.tracking import NoTracker, TensorBoardTracker, open_tracker, progress_mod, tracked
+from fedsem_app.clients.mods import progress_mod
+from fedsem_app.config.app import load_app_config
+from fedsem_app.config.errors import ConfigError
+from fedsem_app.run import tracking
+from fedsem_app.run.results import RunLog
+from fedsem_app.run.tracking import NoTracker, TensorBoardTracker, open_tracker, tracked
 
 
 def test_tensorboard_gets_every_closed_rounds_numbers(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from fedsem_app import protocol as p
-from fedsem_app.validation import check_answers, check_metrics
+from fedsem_app.strategies.validation import check_answers, check_metrics
 
 
 def reply(ids, texts, confs):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedsem_app.config import FedSemConfig
-from fedsem_app.consensus import consensus, text_key
+from fedsem_app.config.sections import FedSemConfig
+from fedsem_app.strategies.consensus import consensus, text_key
 from fedsem_app.strategies.fedsem import embed_grid, vote_in_chunks
 
 

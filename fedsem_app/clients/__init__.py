@@ -1,16 +1,16 @@
 """LLM clients: a model registry, loaders and the LoRA-adapted client class.
 
-Importing this package registers the built-in models (the packaged GGUF models and
-the tiny random-init models); loading happens only in :func:`load_client`.
+Runs on the client (the server imports it only to check model names and to build a global adapter).
+
+The built-in models (the packaged GGUF models and the tiny random-init models)
+register themselves on the first lookup of :data:`MODEL_REGISTRY`; loading happens
+only in :func:`load_client`.
 """
 
-from fedsem_app.clients import packaged, tiny  # noqa: F401  (register the built-in models)
-from fedsem_app.clients.base import (
-    CausalLMClient,
-    answer_confidence,
-    build_example,
-    make_peft_config,
-)
+from fedsem_app.clients.batching import build_example
+from fedsem_app.clients.causal_lm import CausalLMClient
+from fedsem_app.clients.generation import answer_confidence
+from fedsem_app.clients.lora import make_peft_config
 from fedsem_app.clients.registry import (
     MODEL_REGISTRY,
     ModelSpec,
@@ -24,7 +24,7 @@ from fedsem_app.clients.registry import (
     resolve_device,
     set_num_threads,
 )
-from fedsem_app.clients.templates import TEMPLATES, format_prompt, register_template
+from fedsem_app.clients.templates import TEMPLATES, format_prompt
 
 __all__ = [
     "MODEL_REGISTRY",
@@ -42,7 +42,6 @@ __all__ = [
     "make_peft_config",
     "model_architecture",
     "register_model",
-    "register_template",
     "resolve_device",
     "set_num_threads",
 ]

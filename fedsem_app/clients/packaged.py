@@ -1,5 +1,7 @@
 """Pretrained models shipped as GGUF files inside registry packages (offline).
 
+Runs on the client.
+
 transformers dequantizes a GGUF file to float weights, which takes 30-80 s, so the
 result is saved once as a normal Hugging Face folder under ``cache_dir/<name>`` and
 loaded from there afterwards.

@@ -1,5 +1,7 @@
 """Model registry, device/thread helpers and the per-process client cache.
 
+Runs on the client (the server checks names against it).
+
 Registered names (``smollm2-135m``, ``tiny-llama``, ...) map to builder functions
 ``fn(cache_dir) -> (model, tokenizer)`` added with :func:`register_model` when
 ``fedsem_app.clients`` is imported. Any other name that is a local folder or looks
@@ -25,8 +27,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from fedsem_app.clients.base import CausalLMClient
-from fedsem_app.config import LoraConfig
+from fedsem_app.clients.causal_lm import CausalLMClient
+from fedsem_app.config.sections import LoraConfig
+from fedsem_app.registry import Registry
 
 Builder = Callable[[Path], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
 
@@ -58,7 +61,10 @@ class ModelSpec:
     builder: Builder
 
 
-MODEL_REGISTRY: dict[str, ModelSpec] = {}
+# The built-in models register themselves when these modules are imported.
+MODEL_REGISTRY: Registry[ModelSpec] = Registry(
+    "model", modules=("fedsem_app.clients.packaged", "fedsem_app.clients.tiny")
+)
 
 # Loaded clients of this process, keyed by (name, device, lora, template, seed).
 # Flower simulation runs many virtual clients in one process: they share the weights
@@ -88,9 +94,7 @@ def register_model(
     """
 
     def decorator(builder: Builder) -> Builder:
-        if name in MODEL_REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        MODEL_REGISTRY[name] = ModelSpec(name, architecture, description, builder)
+        MODEL_REGISTRY.register(name, ModelSpec(name, architecture, description, builder))
         return builder
 
     return decorator

@@ -1,5 +1,7 @@
 """Prompt templates: the text that precedes an answer, for training and generation alike.
 
+Runs on the client.
+
 Training and generation must see exactly the same prompt text, so both go through
 :func:`format_prompt`. Templates live in a small registry keyed by the names the run
 config accepts (``model.template``).
@@ -11,9 +13,11 @@ from collections.abc import Callable
 
 from transformers import PreTrainedTokenizerBase
 
+from fedsem_app.registry import Registry
+
 TemplateFn = Callable[[PreTrainedTokenizerBase, str], str]
 
-TEMPLATES: dict[str, TemplateFn] = {}
+TEMPLATES: Registry[TemplateFn] = Registry("template", key="model.template")
 
 ALPACA_HEADER = (
     "Below is an instruction that describes a task. "
@@ -21,43 +25,19 @@ ALPACA_HEADER = (
 )
 
 
-def register_template(name: str) -> Callable[[TemplateFn], TemplateFn]:
-    """Register ``fn(tokenizer, prompt) -> text`` under ``name``.
-
-    Parameters
-    ----------
-    name
-        Template name as used in ``model.template``.
-
-    Raises
-    ------
-    ValueError
-        If ``name`` is already registered.
-
-    """
-
-    def decorator(fn: TemplateFn) -> TemplateFn:
-        if name in TEMPLATES:
-            raise ValueError(f"template {name!r} is already registered")
-        TEMPLATES[name] = fn
-        return fn
-
-    return decorator
-
-
-@register_template("plain")
+@TEMPLATES.register("plain")
 def plain_template(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     """Format as ``Question: ...`` / ``Answer:``; works with any tokenizer."""
     return f"Question: {prompt}\nAnswer: "
 
 
-@register_template("alpaca")
+@TEMPLATES.register("alpaca")
 def alpaca_template(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     """Format the Alpaca instruction prompt used by Shepherd / FedIT."""
     return f"{ALPACA_HEADER}\n\n### Instruction:\n{prompt}\n\n### Response:\n"
 
 
-@register_template("chat")
+@TEMPLATES.register("chat")
 def chat_template(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     """Apply the tokenizer's chat template to one user turn; ``plain`` if it has none.
 

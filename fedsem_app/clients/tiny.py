@@ -1,5 +1,7 @@
 """Tiny random-init models: offline, deterministic, fast; for tests and smoke runs.
 
+Runs on the client.
+
 All tiny models share one byte-level BPE tokenizer trained on the construction-FAQ
 texts. Built models are saved under ``cache_dir/<name>`` (with the tokenizer), so
 every process, in simulation or deployment, loads bit-identical weights.

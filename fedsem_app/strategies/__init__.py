@@ -1,52 +1,48 @@
 """Strategies, one per file, registered by lowercase name.
 
+Runs on the server.
+
 ``strategy = "<name>"`` in the run config picks one; see :data:`STRATEGIES`.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-from fedsem_app.config import ConfigError
+from fedsem_app.registry import Registry
 
 if TYPE_CHECKING:
-    from fedsem_app.strategies.base import AppStrategy
+    from fedsem_app.strategies.harness import AppStrategy
 
-STRATEGIES: dict[str, type[AppStrategy]] = {}
-
-# Modules that register strategies; imported lazily so that importing the
-# registry has no side effects beyond filling this dict.
+# Modules that register strategies; imported on the first lookup, so that importing
+# this package has no side effects.
 _MODULES = ("fedsem", "fedavg_lora", "fedit", "fedprox_lora", "local", "pooled")
+STRATEGIES: Registry[type[AppStrategy]] = Registry(
+    "strategy", key="strategy", modules=[f"fedsem_app.strategies.{m}" for m in _MODULES]
+)
 
 
 def register_strategy(name: str):
-    """Class decorator: make a strategy available as ``strategy = name``."""
+    """Class decorator: make a strategy available as ``strategy = name``.
+
+    The registered name is also the class's :attr:`name` (set here, once).
+    """
 
     def wrap(cls):
-        if name in STRATEGIES and STRATEGIES[name] is not cls:
-            raise ValueError(f"strategy {name!r} is already registered")
         cls.name = name
-        STRATEGIES[name] = cls
-        return cls
+        return STRATEGIES.register(name, cls)
 
     return wrap
 
 
 def strategy_names() -> list[str]:
     """Names of all registered strategies, sorted."""
-    for module in _MODULES:
-        importlib.import_module(f"fedsem_app.strategies.{module}")
-    return sorted(STRATEGIES)
+    return STRATEGIES.names()
 
 
 def get_strategy_class(name: str) -> type[AppStrategy]:
     """The strategy class for a name, or a ConfigError listing the choices."""
-    if name not in strategy_names():
-        raise ConfigError(
-            "strategy", f"got {name!r}; allowed values: {', '.join(sorted(STRATEGIES))}"
-        )
-    return STRATEGIES[name]
+    return STRATEGIES.lookup(name)
 
 
 def shared_model_problem(strategy: str, names: tuple[str, ...] | list[str]) -> str:

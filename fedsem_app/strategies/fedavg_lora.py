@@ -1,8 +1,11 @@
-"""FedAvg-LoRA: federated averaging of the LoRA adapters of one shared base model."""
+"""FedAvg-LoRA: federated averaging of the LoRA adapters of one shared base model.
+
+Runs on the server.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
@@ -10,39 +13,16 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
 from fedsem_app import protocol as p
 from fedsem_app.clients import clear_client_cache, load_client
-from fedsem_app.config import AggregationConfig
 from fedsem_app.quantize import QuantizeError, decode_record, encode_record, is_quantized
 from fedsem_app.strategies import register_strategy
-from fedsem_app.strategies.base import AppStrategy
+from fedsem_app.strategies.aggregation import robust_combine
+from fedsem_app.strategies.harness import AppStrategy
 
 # Layout of an adapter: tensor name -> (shape, dtype), as Flower's Array describes them.
 Layout = dict[str, tuple[tuple[int, ...], str]]
-
-# Robust per-coordinate rules over K stacked tensors (K, ...) -> (...), as Flower's
-# FedMedian and FedTrimmedAvg compute them; "mean" stays with FedAvg's weighted mean.
-ROBUST_RULES: dict[str, Callable[[np.ndarray, AggregationConfig], np.ndarray]] = {
-    "median": lambda stack, cfg: np.median(stack, axis=0),
-    "trimmed-mean": lambda stack, cfg: trim_mean(stack, cfg.trim_fraction),
-}
-
-
-def robust_combine(
-    adapters: Sequence[Mapping[str, np.ndarray]], cfg: AggregationConfig
-) -> dict[str, np.ndarray]:
-    """Combine adapters tensor by tensor with the robust rule ``cfg.rule``.
-
-    Unweighted, as Flower's FedMedian and FedTrimmedAvg: a client cannot buy
-    influence by claiming many examples. Each result keeps its inputs' dtype.
-    """
-    rule = ROBUST_RULES[cfg.rule]
-    return {
-        key: np.asarray(rule(np.stack([a[key] for a in adapters]), cfg), dtype=first.dtype)
-        for key, first in adapters[0].items()
-    }
 
 
 def adapter_layout(arrays: Mapping[str, Array]) -> Layout:
@@ -122,10 +102,9 @@ class FedAvgLora(AppStrategy):
     Parameters
     ----------
     app, split, run_log
-        See :class:`~fedsem_app.strategies.base.AppStrategy`.
+        See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
 
-    name = "fedavg-lora"
     needs_shared_model = True
     supports_dp = True
 
@@ -208,7 +187,7 @@ class FedAvgLora(AppStrategy):
         """With DP: epsilon of this round and after every round so far (``dp-epsilon``)."""
         if not self.app.dp.enabled:
             return {}
-        from fedsem_app.dp import round_metrics
+        from fedsem_app.strategies.dp import round_metrics
 
         return round_metrics(self.app.dp, server_round)
 
@@ -217,7 +196,7 @@ class FedAvgLora(AppStrategy):
         dp = self.app.dp
         if not dp.enabled:
             return {}
-        from fedsem_app.dp import epsilon
+        from fedsem_app.strategies.dp import epsilon
 
         return {
             "dp": {

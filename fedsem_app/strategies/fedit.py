@@ -1,4 +1,7 @@
-"""FedIT: Federated Instruction Tuning (Zhang et al., arXiv 2305.05644, "Shepherd")."""
+"""FedIT: Federated Instruction Tuning (Zhang et al., arXiv 2305.05644, "Shepherd").
+
+Runs on the server.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedsem_app import protocol as p
-from fedsem_app.config import AppConfig
+from fedsem_app.config.app import AppConfig
 from fedsem_app.strategies import register_strategy
 from fedsem_app.strategies.fedavg_lora import FedAvgLora
 
@@ -55,10 +58,9 @@ class FedIT(FedAvgLora):
     Parameters
     ----------
     app, split, run_log
-        See :class:`~fedsem_app.strategies.base.AppStrategy`.
+        See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
 
-    name = "fedit"
     template: ClassVar[str] = "alpaca"
     # A random share of clients a round: fixed-size DP accounting does not fit it.
     supports_dp: ClassVar[bool] = False

@@ -1,4 +1,7 @@
-"""FedProx-LoRA: FedAvg over LoRA adapters with FedProx's proximal term on the clients."""
+"""FedProx-LoRA: FedAvg over LoRA adapters with FedProx's proximal term on the clients.
+
+Runs on the server.
+"""
 
 from __future__ import annotations
 
@@ -32,10 +35,8 @@ class FedProxLora(FedAvgLora):
     Parameters
     ----------
     app, split, run_log
-        See :class:`~fedsem_app.strategies.base.AppStrategy`.
+        See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
-
-    name = "fedprox-lora"
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -1,4 +1,7 @@
-"""FedSem: federated fine-tuning by semantic consensus over generated answers."""
+"""FedSem: federated fine-tuning by semantic consensus over generated answers.
+
+Runs on the server.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +18,13 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedsem_app import protocol as p
-from fedsem_app.config import FedSemConfig
-from fedsem_app.consensus import ConsensusResult, consensus, text_key
-from fedsem_app.data import QAPair
+from fedsem_app.config.sections import FedSemConfig
+from fedsem_app.data.records import QAPair
 from fedsem_app.embedding import embed
 from fedsem_app.strategies import register_strategy
-from fedsem_app.strategies.base import TRAIN_METRICS, AppStrategy, qa_record
-from fedsem_app.validation import ValidAnswers, check_answers
+from fedsem_app.strategies.consensus import ConsensusResult, consensus, text_key
+from fedsem_app.strategies.harness import TRAIN_METRICS, AppStrategy, qa_record
+from fedsem_app.strategies.validation import ValidAnswers, check_answers
 
 
 def public_slice(public: Sequence[QAPair], server_round: int, budget: int) -> list[QAPair]:
@@ -114,12 +117,12 @@ def vote_in_chunks(
         ``fn(texts, mask, embedder) -> (P, K, D)`` tensor; :func:`embed_grid` by default.
 
     Ties between equal scores go to the more confident answer, then to the answer
-    with the higher :func:`~fedsem_app.consensus.text_key`, never to node order.
+    with the higher :func:`~fedsem_app.strategies.consensus.text_key`, never to node order.
 
     Returns
     -------
     tuple
-        The :class:`~fedsem_app.consensus.ConsensusResult` over all prompts, and the
+        The :class:`~fedsem_app.strategies.consensus.ConsensusResult` over all prompts, and the
         seconds spent embedding and voting.
 
     """
@@ -195,10 +198,8 @@ class FedSem(AppStrategy):
     Parameters
     ----------
     app, split, run_log
-        See :class:`~fedsem_app.strategies.base.AppStrategy`.
+        See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
-
-    name = "fedsem"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

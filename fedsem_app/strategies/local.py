@@ -1,4 +1,7 @@
-"""Local: every client fine-tunes on its own data alone; no collaboration."""
+"""Local: every client fine-tunes on its own data alone; no collaboration.
+
+Runs on the server.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from flwr.serverapp import Grid
 
 from fedsem_app import protocol as p
 from fedsem_app.strategies import register_strategy
-from fedsem_app.strategies.base import TRAIN_METRICS, AppStrategy
+from fedsem_app.strategies.harness import TRAIN_METRICS, AppStrategy
 
 
 @register_strategy("local")
@@ -39,10 +42,8 @@ class Local(AppStrategy):
     Parameters
     ----------
     app, split, run_log
-        See :class:`~fedsem_app.strategies.base.AppStrategy`.
+        See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
-
-    name = "local"
 
     # --- which nodes take part (subclasses pick differently) ---------------------
     def train_nodes(self, grid: Grid) -> list[int]:

@@ -1,4 +1,7 @@
-"""Pooled: the centralised upper bound (NOT federated): one model on all the data."""
+"""Pooled: the centralised upper bound (NOT federated): one model on all the data.
+
+Runs on the server.
+"""
 
 from __future__ import annotations
 
@@ -49,10 +52,9 @@ class Pooled(Local):
     Parameters
     ----------
     app, split, run_log
-        See :class:`~fedsem_app.strategies.base.AppStrategy`.
+        See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
 
-    name = "pooled"
     needs_shared_model = True
     evaluates_every_node = False
 

@@ -1,0 +1,428 @@
+"""Per-prompt semantic consensus over the clients' answer embeddings.
+
+Runs on the server.
+
+The server embeds every client's answer to every public prompt of a round into
+one ``(P, K, D)`` tensor (P prompts, K clients, D dims) with a ``(P, K)`` mask of
+valid answers, and picks one answer per prompt as the pseudo-label. All prompts
+are handled at once with batched tensor ops; there is no Python loop over
+prompts or pairs of answers.
+
+Conventions shared by every rule:
+
+* Cosine similarity on L2-normalised embeddings (normalised again here, in
+  float64 on the CPU: the tensors are small, and float64 keeps exact ties exact).
+  Rows with non-finite values are treated as invalid answers.
+* Ties are not broken by node order (which would make client 0 the teacher
+  whenever scores tie). Scores within ``TIE_TOLERANCE`` of the best count as
+  tied, so rounding noise cannot decide; among tied answers the one with the
+  highest confidence (mean token log-prob) wins, then the one with the highest
+  stable text key (:func:`text_key`, a hash of the answer text), and only
+  answers with equal text and confidence fall back to the lowest index (they
+  give the same pseudo-label). The choice is therefore invariant to permuting
+  the clients.
+* With two valid answers ``medoid``, ``centroid`` and ``confidence``'s agreement
+  term cannot tell them apart (each answer's cosine to "the other" is the same
+  number): ``medoid``/``centroid`` then pick the more confident answer,
+  ``confidence`` blends agreement with confidence, and ``cluster`` keeps the
+  pair's tie-break too. Agreement then measures only whether a pseudo-label is
+  given at all (``min_agreement``).
+* ``agreement`` is the same measure for every rule, so rules are comparable: the
+  mean cosine of the chosen answer to the *other* valid answers of its prompt.
+  A lone valid answer has agreement 1.0 (it is trivially unanimous; use
+  ``num_valid`` to require more voters). A prompt without valid answers has
+  agreement 0.0, index -1 and is abstained.
+* A prompt abstains where ``agreement < min_agreement``; its index is then -1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 (conventional alias)
+
+from fedsem_app.registry import Registry
+
+
+@dataclass(frozen=True)
+class ConsensusResult:
+    """The consensus of one round, one entry per prompt.
+
+    Attributes
+    ----------
+    index
+        ``(P,)`` int: the chosen answer in ``[0, K)``, or -1 where the prompt has no
+        valid answer or abstained.
+    agreement
+        ``(P,)`` float: mean cosine of the chosen answer to the other valid
+        answers (1.0 for a lone valid answer, 0.0 without valid answers). Reported
+        for abstained prompts too, so one can see how far below the threshold they were.
+    abstained
+        ``(P,)`` bool: no valid answer, or ``agreement < min_agreement``.
+    num_valid
+        ``(P,)`` int: how many valid answers the prompt had.
+
+    """
+
+    index: np.ndarray
+    agreement: np.ndarray
+    abstained: np.ndarray
+    num_valid: np.ndarray
+
+
+@dataclass(frozen=True)
+class ConsensusInputs:
+    """What a rule sees: normalised embeddings, their cosines and the options.
+
+    Attributes
+    ----------
+    embeddings
+        ``(P, K, D)`` float64, unit rows; invalid rows are zero.
+    similarity
+        ``(P, K, K)`` pairwise cosines of ``embeddings``.
+    valid
+        ``(P, K)`` bool mask of valid answers.
+    confidences
+        ``(P, K)`` mean token log-probabilities, or None when not given.
+    cluster_threshold, confidence_weight
+        Options of the ``cluster`` and ``confidence`` rules.
+    tie_keys
+        ``(P, K)`` tensors that break ties between equal scores, most important
+        first (confidences, then text keys, where given); see :func:`choose`.
+
+    """
+
+    embeddings: torch.Tensor
+    similarity: torch.Tensor
+    valid: torch.Tensor
+    confidences: torch.Tensor | None
+    cluster_threshold: float
+    confidence_weight: float
+    tie_keys: tuple[torch.Tensor, ...] = ()
+
+
+# A rule maps the inputs to (P, K) scores; the answer with the highest score wins.
+# Scores of invalid answers are ignored (the caller masks them).
+ConsensusRule = Callable[[ConsensusInputs], torch.Tensor]
+CONSENSUS_RULES: Registry[ConsensusRule] = Registry("consensus rule", key="fedsem.consensus")
+
+
+TIE_TOLERANCE = 1e-9
+
+
+def choose(scores: torch.Tensor, tie_keys: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+    """Index of the best score per row, ties broken by ``tie_keys`` in turn.
+
+    Scores within ``TIE_TOLERANCE`` of the row's best are tied. Among them the
+    highest first tie key wins (again within the tolerance), then the highest
+    second key, and so on; only what is still tied after every key goes to the
+    lowest index. NaN keys count as ``-inf``.
+
+    Parameters
+    ----------
+    scores
+        ``(P, K)`` scores; ``-inf`` marks answers that cannot be chosen.
+    tie_keys
+        ``(P, K)`` tensors, most important first.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(P,)`` int64 indices (0 for a row that is all ``-inf``).
+
+    """
+    tied = scores >= scores.max(-1, keepdim=True).values - TIE_TOLERANCE
+    for key in tie_keys:
+        key = torch.nan_to_num(key.to(torch.float64), nan=-torch.inf)
+        masked = torch.where(tied, key, -torch.inf)
+        tied = tied & (masked >= masked.max(-1, keepdim=True).values - TIE_TOLERANCE)
+    # argmax over bools returns the first True.
+    return tied.to(torch.uint8).argmax(-1)
+
+
+def text_key(text: str) -> float:
+    """A stable pseudo-random number in ``[0, 1)`` for an answer text (sha256).
+
+    It breaks ties between answers that score alike without favouring any client:
+    the same text gets the same key on every run, machine and node order.
+    """
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:13], 16) / 16**13
+
+
+def _normalise(embeddings: torch.Tensor) -> torch.Tensor:
+    # Zero rows stay zero (eps), so they have cosine 0 to everything.
+    return F.normalize(embeddings, dim=-1, eps=1e-12)
+
+
+def pairwise_cosine(embeddings: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Cosine similarity between all answers of each prompt.
+
+    Parameters
+    ----------
+    embeddings
+        ``(P, K, D)`` answer embeddings (normalised here).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(P, K, K)`` float64 cosines, clamped to ``[-1, 1]``; zero rows give 0.
+
+    """
+    unit = _normalise(torch.as_tensor(embeddings).detach().to("cpu", torch.float64))
+    return torch.bmm(unit, unit.transpose(1, 2)).clamp(-1.0, 1.0)
+
+
+def mean_similarity_to_others(similarity: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Mean cosine of each answer to the other members of its prompt.
+
+    Parameters
+    ----------
+    similarity
+        ``(P, K, K)`` pairwise cosines.
+    members
+        ``(P, K)`` bool: the answers that count (self-similarity never counts).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(P, K)`` float64; 1.0 where an answer has no other member to compare with.
+        Entries of non-members are meaningless.
+
+    """
+    k = similarity.shape[-1]
+    pairs = members[:, :, None] & members[:, None, :] & ~torch.eye(k, dtype=torch.bool)
+    count = pairs.sum(-1)
+    total = torch.where(pairs, similarity, 0.0).sum(-1)
+    return torch.where(count > 0, total / count.clamp(min=1), 1.0)
+
+
+@CONSENSUS_RULES.register("medoid")
+def medoid(inputs: ConsensusInputs) -> torch.Tensor:
+    """Score answers by mean cosine to the other valid answers.
+
+    The text analogue of FedCT's majority vote: the answer the others agree with most.
+
+    Parameters
+    ----------
+    inputs
+        The round's embeddings, cosines and mask.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(P, K)`` scores.
+
+    """
+    return mean_similarity_to_others(inputs.similarity, inputs.valid)
+
+
+@CONSENSUS_RULES.register("centroid")
+def centroid(inputs: ConsensusInputs) -> torch.Tensor:
+    """Score answers by cosine to the mean of the valid embeddings.
+
+    With unit embeddings this ranks answers like ``medoid``: ``x_i . sum_j x_j
+    = 1 + sum_{j != i} cos(x_i, x_j)``, so both rules pick the same answer; it is
+    kept as the literal "nearest to the mean" rule for comparison. A zero mean
+    (answers cancelling out) gives every answer score 0, hence the lowest valid index.
+
+    Parameters
+    ----------
+    inputs
+        The round's embeddings and mask.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(P, K)`` scores.
+
+    """
+    mean = _normalise(inputs.embeddings.sum(1))  # invalid rows are zero
+    return torch.einsum("pkd,pd->pk", inputs.embeddings, mean)
+
+
+@CONSENSUS_RULES.register("cluster")
+def cluster(inputs: ConsensusInputs) -> torch.Tensor:
+    """Medoid of the densest neighbourhood under ``cluster_threshold``.
+
+    1. Two valid answers are neighbours when their cosine is ``>= cluster_threshold``;
+       an answer's neighbourhood includes itself.
+    2. The anchor is the answer with the most neighbours; among equally large
+       neighbourhoods, the one with the highest ``medoid`` score, then the
+       general tie-break (confidence, text key; never node order alone).
+    3. Within the anchor's neighbourhood (not necessarily a clique: neighbours of
+       the anchor need not be neighbours of each other), the answer with the highest
+       mean cosine to the other members wins.
+
+    Without any pair above the threshold every neighbourhood is a singleton, so the
+    rule falls back to ``medoid``'s choice.
+
+    Parameters
+    ----------
+    inputs
+        The round's cosines, mask and ``cluster_threshold``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(P, K)`` scores: members of the anchor's neighbourhood get their mean
+        cosine to the other members, everyone else ``-inf``.
+
+    """
+    valid = inputs.valid
+    both_valid = valid[:, :, None] & valid[:, None, :]
+    # Self-links via the diagonal: membership must not depend on cos(x, x) rounding to 1.
+    linked = (inputs.similarity >= inputs.cluster_threshold) & both_valid
+    linked = linked | torch.diag_embed(valid)
+    size = linked.sum(-1)  # (P, K), invalid answers have 0
+    largest = valid & (size == size.max(-1, keepdim=True).values)
+    centrality = mean_similarity_to_others(inputs.similarity, valid)
+    anchor = choose(torch.where(largest, centrality, -torch.inf), inputs.tie_keys)  # (P,)
+    members = linked[torch.arange(len(anchor)), anchor]  # (P, K) the anchor's row
+    within = mean_similarity_to_others(inputs.similarity, members)
+    return torch.where(members, within, -torch.inf)
+
+
+@CONSENSUS_RULES.register("confidence")
+def confidence(inputs: ConsensusInputs) -> torch.Tensor:
+    """Blend agreement with the clients' own confidence.
+
+    ``score = (1 - w) * medoid_score + w * exp(mean token log-prob)``, with
+    ``w = confidence_weight``. ``exp`` maps log-probs (<= 0) to ``[0, 1]``; positive
+    values are clamped to 0 and NaN counts as no confidence (score 0).
+
+    Parameters
+    ----------
+    inputs
+        The round's cosines, mask, confidences and ``confidence_weight``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(P, K)`` scores.
+
+    Raises
+    ------
+    ValueError
+        If no confidences were given.
+
+    """
+    if inputs.confidences is None:
+        raise ValueError("the 'confidence' rule needs confidences (mean token log-probs)")
+    log_prob = torch.nan_to_num(inputs.confidences, nan=-torch.inf).clamp(max=0.0)
+    w = inputs.confidence_weight
+    return (1.0 - w) * medoid(inputs) + w * torch.exp(log_prob)
+
+
+def consensus(
+    rule: str,
+    embeddings: torch.Tensor | np.ndarray,
+    mask: torch.Tensor | np.ndarray,
+    *,
+    confidences: torch.Tensor | np.ndarray | None = None,
+    min_agreement: float = -1.0,
+    cluster_threshold: float = 0.7,
+    confidence_weight: float = 0.5,
+    text_keys: torch.Tensor | np.ndarray | None = None,
+) -> ConsensusResult:
+    """Pick one answer per prompt by the named rule.
+
+    Parameters
+    ----------
+    rule
+        A name in :data:`CONSENSUS_RULES`: ``medoid``, ``centroid``, ``cluster``
+        or ``confidence``.
+    embeddings
+        ``(P, K, D)`` answer embeddings, normalised here defensively.
+    mask
+        ``(P, K)`` bool, True where client k answered prompt p. Rows with
+        non-finite values are treated as masked.
+    confidences
+        ``(P, K)`` mean token log-probabilities; required by ``confidence``.
+    min_agreement
+        Abstain where the chosen answer's agreement is below this (default -1:
+        never abstain on a valid answer).
+    cluster_threshold
+        Cosine at or above which two answers are neighbours (``cluster``).
+    confidence_weight
+        Weight ``w`` of the confidence term in ``[0, 1]`` (``confidence``).
+    text_keys
+        ``(P, K)`` stable keys of the answer texts (:func:`text_key`): the second
+        tie-break after confidences. Without them (and without confidences) ties
+        go to the lowest index.
+
+    Returns
+    -------
+    ConsensusResult
+        Chosen index, agreement, abstention and number of valid answers per prompt.
+
+    Raises
+    ------
+    ValueError
+        Unknown rule, mismatched shapes, ``confidence_weight`` outside ``[0, 1]``,
+        or ``confidence`` without confidences.
+
+    """
+    if rule not in CONSENSUS_RULES:
+        raise ValueError(f"unknown consensus rule {rule!r}; known: {sorted(CONSENSUS_RULES)}")
+    if not 0.0 <= confidence_weight <= 1.0:
+        raise ValueError(f"confidence_weight must be in [0, 1], got {confidence_weight}")
+    raw = _tensor(embeddings, torch.float64)
+    valid = _tensor(mask, torch.bool)
+    if raw.ndim != 3 or valid.shape != raw.shape[:2]:
+        raise ValueError(
+            f"expected embeddings (P, K, D) and mask (P, K), got {tuple(raw.shape)} "
+            f"and {tuple(valid.shape)}"
+        )
+    conf = _per_answer(confidences, valid.shape, "confidences")
+    keys = _per_answer(text_keys, valid.shape, "text_keys")
+    tie_keys = tuple(k for k in (conf, keys) if k is not None)
+
+    valid = valid & torch.isfinite(raw).all(-1)
+    num_valid = valid.sum(-1)
+    p, k = valid.shape
+    if p == 0 or k == 0:
+        return ConsensusResult(
+            index=np.full(p, -1, dtype=np.int64),
+            agreement=np.zeros(p),
+            abstained=np.ones(p, dtype=bool),
+            num_valid=num_valid.numpy(),
+        )
+
+    unit = _normalise(torch.where(valid[..., None], raw, 0.0))
+    similarity = torch.bmm(unit, unit.transpose(1, 2)).clamp(-1.0, 1.0)
+    inputs = ConsensusInputs(
+        unit, similarity, valid, conf, cluster_threshold, confidence_weight, tie_keys
+    )
+    scores = torch.where(valid, CONSENSUS_RULES[rule](inputs), -torch.inf)
+
+    index = choose(scores, tie_keys)
+    agreement = mean_similarity_to_others(similarity, valid).gather(-1, index[:, None])[:, 0]
+    has_valid = num_valid > 0
+    agreement = torch.where(has_valid, agreement, 0.0)
+    abstained = ~has_valid | (agreement < min_agreement)
+    return ConsensusResult(
+        index=torch.where(abstained, -1, index).numpy(),
+        agreement=agreement.numpy(),
+        abstained=abstained.numpy(),
+        num_valid=num_valid.numpy(),
+    )
+
+
+def _per_answer(values, shape: torch.Size, name: str) -> torch.Tensor | None:
+    if values is None:
+        return None
+    tensor = _tensor(values, torch.float64)
+    if tensor.shape != shape:
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+    return tensor
+
+
+def _tensor(values, dtype: torch.dtype) -> torch.Tensor:
+    # np.ascontiguousarray: torch cannot wrap arrays with negative strides (a[:, ::-1]).
+    if isinstance(values, np.ndarray):
+        values = np.ascontiguousarray(values)
+    return torch.as_tensor(values).detach().to("cpu", dtype)

@@ -1,0 +1,446 @@
+"""Common ground of every strategy in the app: evaluation, reply checks, run log.
+
+Runs on the server.
+
+All strategies extend Flower's :class:`~flwr.serverapp.strategy.FedAvg` (node
+sampling, message construction, weighted metric averaging) through
+:class:`AppStrategy`, which adds what makes runs comparable: the same held-out
+test prompts in every evaluate message, the same reply validation, and one
+:class:`~fedsem_app.run.results.RunLog` row per round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from logging import INFO, WARNING
+from typing import Any, ClassVar
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from fedsem_app import protocol as p
+from fedsem_app.config.app import AppConfig
+from fedsem_app.data.split import DataSplit
+from fedsem_app.run.checkpoint import Checkpoint, RoundShift, shift_result, timed_save
+from fedsem_app.run.intervals import quality_intervals
+from fedsem_app.run.results import RunLog
+from fedsem_app.strategies.validation import check_metrics, reply_error
+from fedsem_app.wire import pack_texts
+
+EVAL_METRICS = (p.NUM_EXAMPLES, p.ROUGE_L, p.EMBED_SIM, p.NLL)
+TRAIN_METRICS = (p.NUM_EXAMPLES, p.TRAIN_LOSS)
+
+
+def qa_record(pairs: Iterable[Any], with_answers: bool = True, codec: str = "none") -> ConfigRecord:
+    """Pack QA pairs as parallel lists (ConfigRecords hold same-type lists only).
+
+    ``codec`` (see :mod:`fedsem_app.wire`) compresses the prompts and answers.
+    """
+    pairs = list(pairs)
+    record = ConfigRecord(
+        {p.IDS: [q.id for q in pairs], **pack_texts(p.PROMPTS, [q.prompt for q in pairs], codec)}
+    )
+    if with_answers:
+        record.update(pack_texts(p.TEXTS, [q.answer for q in pairs], codec))
+    return record
+
+
+class AppStrategy(FedAvg):
+    """FedAvg plus the app's shared evaluation, validation and bookkeeping.
+
+    Parameters
+    ----------
+    app
+        The validated run configuration.
+    split
+        The server's view of the data: test prompts and public prompts.
+    run_log
+        Where per-round rows go.
+
+    Notes
+    -----
+    :func:`~fedsem_app.strategies.register_strategy` sets :attr:`name`. Subclasses
+    that average adapters set ``needs_shared_model = True`` (the server then refuses
+    mixed models); ``evaluates_every_node = False`` where one node stands for the
+    federation.
+    """
+
+    name: ClassVar[str] = ""
+    needs_shared_model: ClassVar[bool] = False
+    evaluates_every_node: ClassVar[bool] = True
+    supports_dp: ClassVar[bool] = False  # dp.noise-multiplier > 0 allowed (strategies.dp)
+    # The client names of a federation spec: round 0 checks the nodes against them.
+    expected_clients: tuple[str, ...] = ()
+
+    def __init__(self, app: AppConfig, split: DataSplit, run_log: RunLog, **fedavg: Any) -> None:
+        # Flower's FedAvg samples the nodes of every round (fraction, at least the floor).
+        fedavg.setdefault("fraction_train", app.fraction_train)
+        fedavg.setdefault("fraction_evaluate", app.fraction_evaluate)
+        fedavg.setdefault("min_train_nodes", app.train_floor)
+        fedavg.setdefault("min_evaluate_nodes", app.evaluate_floor)
+        fedavg.setdefault(
+            "min_available_nodes", max(app.min_clients, app.train_floor, app.evaluate_floor)
+        )
+        super().__init__(
+            weighted_by_key=p.NUM_EXAMPLES,
+            arrayrecord_key=p.ADAPTER,
+            configrecord_key=p.TRAIN_CONFIG,
+            **fedavg,
+        )
+        self.app = app
+        self.split = split
+        self.run_log = run_log
+        self._test = qa_record(split.test[: app.eval.num_prompts or None])  # 0: all
+        self.first_round = 1  # a resumed run starts after its checkpoint's round
+
+    # --- helpers for subclasses ----------------------------------------------------
+    def sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
+        """Sample node ids as FedAvg does (fraction of connected nodes, at least ``minimum``)."""
+        num_nodes = int(len(list(grid.get_node_ids())) * fraction)
+        node_ids, _ = sample_nodes(grid, self.min_available_nodes, max(num_nodes, minimum))
+        return node_ids
+
+    def usable(
+        self, server_round: int, replies: Iterable[Message], phase: str, required: Iterable[str]
+    ) -> tuple[list[Message], int]:
+        """Keep replies that carry no error and finite metrics; log each drop with its node.
+
+        Returns
+        -------
+        tuple
+            The usable replies, sorted by node id, and the number dropped.
+        """
+        required = tuple(required)
+        kept, dropped = [], 0
+        # Node order, not arrival order: ties (e.g. a medoid of two answers) and float
+        # sums then come out the same however the replies arrived.
+        for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
+            reason = reply_error(msg) or check_metrics(msg.content, required)
+            if reason:
+                dropped += 1
+                log(
+                    WARNING,
+                    "round %d %s: dropped reply of node %d: %s",
+                    server_round,
+                    phase,
+                    msg.metadata.src_node_id,
+                    reason,
+                )
+            else:
+                kept.append(msg)
+        return kept, dropped
+
+    def enough(self, server_round: int, phase: str, n_usable: int) -> bool:
+        """Whether at least ``min-clients`` usable replies arrived; log clearly if not."""
+        if n_usable >= self.app.min_clients:
+            return True
+        log(
+            WARNING,
+            "round %d %s: only %d usable replies, fewer than min-clients=%d; "
+            "this round makes no update (lower min-clients or check the client logs above)",
+            server_round,
+            phase,
+            n_usable,
+            self.app.min_clients,
+        )
+        return False
+
+    @staticmethod
+    def client_rows(replies: Iterable[Message]) -> list[dict[str, Any]]:
+        """Per-client metrics of a phase, with node id and model name.
+
+        An evaluate reply's per-prompt lists become its 95 % intervals over prompts.
+        """
+        rows = []
+        for msg in replies:
+            info = msg.content.get(p.INFO, ConfigRecord())
+            metrics = dict(msg.content[p.METRICS])
+            name = info.get(p.CLIENT_NAME, "")
+            rows.append(
+                {
+                    "node": msg.metadata.src_node_id,
+                    **({"client": name} if name else {}),  # its federation-spec name
+                    "model": info.get(p.MODEL_NAME, ""),
+                    **{k: v for k, v in metrics.items() if not isinstance(v, list)},
+                    **quality_intervals([metrics]),
+                }
+            )
+        return rows
+
+    def record_train(
+        self,
+        server_round: int,
+        replies: list[Message],
+        dropped: int,
+        extra: dict[str, Any],
+        per_client: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> MetricRecord | None:
+        """Average train metrics, log per-client rows and merge into the round row.
+
+        ``per_client`` adds server-side numbers (e.g. FedSem's pick-share) to the
+        client rows, by node id.
+        """
+        rows = self.client_rows(replies)
+        for row in rows:
+            row.update((per_client or {}).get(row["node"], {}))
+        self.run_log.add_clients(server_round, "train", rows)
+        metrics = (
+            self.train_metrics_aggr_fn([m.content for m in replies], p.NUM_EXAMPLES)
+            if replies
+            else MetricRecord()
+        )
+        for key in (p.TRAIN_SECONDS, p.GENERATE_SECONDS):
+            # Clients run in parallel in deployment: the slowest one bounds the round.
+            values = [r[key] for r in rows if key in r]
+            if values:
+                metrics[f"max-{key}"] = max(values)
+        metrics.update({"train-replies": len(replies), "dropped-replies": dropped, **extra})
+        self.run_log.add(
+            server_round,
+            {k: v for k, v in metrics.items() if k not in (p.TRAIN_SECONDS, p.GENERATE_SECONDS)},
+        )
+        return metrics
+
+    def initial_arrays(self) -> ArrayRecord:
+        """Arrays to start from: none for text strategies; parameter ones override."""
+        return ArrayRecord()
+
+    # --- checkpoint and resume (see fedsem_app.run.checkpoint) -------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Strategy state a resumed run needs, as JSON values (none here; see FedSem).
+
+        The global arrays are not part of it: :meth:`start` checkpoints them for
+        every strategy, as Flower passes them from round to round.
+        """
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (nothing here)."""
+
+    def resume(self, checkpoint: Checkpoint) -> None:
+        """Continue after the checkpoint's round, with its strategy state."""
+        self.load_state_dict(checkpoint.strategy_state)
+        self.first_round = checkpoint.round + 1
+
+    def save_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Write the state after a closed round into the run folder.
+
+        A failed write (disk full, folder gone) is logged and the run goes on: it
+        only loses the ability to resume from this round.
+        """
+        if self.run_log is None:
+            return
+        try:
+            timed_save(
+                self.run_log.folder,
+                server_round,
+                strategy=self.name,
+                config=self.app.to_flat(),
+                strategy_state=self.state_dict(),
+                run_state=self.run_log.state(),
+                arrays=arrays,
+            )
+        except OSError as err:
+            log(
+                WARNING,
+                "round %d: checkpoint not written (%s); the run goes on, but cannot "
+                "resume from this round",
+                server_round,
+                err,
+            )
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn=None,
+    ) -> Result:
+        """Run rounds ``first_round..num_rounds`` with Flower's loop; checkpoint each one.
+
+        ``num_rounds`` is the run's total. A new run starts at round 1, a resumed
+        one after its checkpoint's round (:meth:`resume`). Flower's
+        ``Strategy.start`` always counts from 1: rather than copying its loop,
+        :class:`~fedsem_app.run.checkpoint.RoundShift` lets it run the rounds that are
+        left and hands this strategy the true round numbers (returned Result
+        included), then checkpoints each closed round.
+        """
+        offset = self.first_round - 1
+        if offset == 0:
+            self.evaluate_round_zero(grid, initial_arrays, timeout, evaluate_config)
+        rounds: Strategy = self
+        if self.app.dp.enabled:
+            from fedsem_app.strategies.dp import wrap
+
+            # Flower's DP wrapper sits in the round loop only (round 0 releases nothing).
+            num_clients = len(self.sample(grid, self.fraction_train, self.min_train_nodes))
+            rounds = wrap(self, self.app.dp, num_clients)
+        shifted = RoundShift(rounds, offset, self.save_checkpoint)
+        if evaluate_fn is not None:
+            unshifted = evaluate_fn
+
+            def evaluate_fn(server_round, arrays):
+                return unshifted(server_round + offset, arrays)
+
+        result = shifted.start(
+            grid,
+            initial_arrays,
+            num_rounds - offset,
+            timeout,
+            train_config,
+            evaluate_config,
+            evaluate_fn,
+        )
+        return shift_result(result, offset)
+
+    def evaluate_round_zero(
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        timeout: float,
+        config: ConfigRecord | None = None,
+    ) -> None:
+        """Evaluate the untrained models (round 0): the baseline every gain is measured from.
+
+        The same evaluate messages as every later round, before any training: the
+        fresh global adapter for the parameter strategies, each client's fresh
+        adapter otherwise.
+        """
+        self.run_log.start_round(0)
+        config = ConfigRecord(dict(config)) if config is not None else ConfigRecord()
+        messages = list(self.configure_evaluate(0, arrays, config, grid))
+        names = self.app.model.names
+        connected = len(list(grid.get_node_ids()))
+        if connected < len(names) and self.evaluates_every_node and not self.expected_clients:
+            log(
+                WARNING,
+                "model.names lists %d clients (%s) but only %d nodes take part: the last %d "
+                "entries get no client. In simulation run one SuperNode per entry: "
+                'flwr run . --federation-config "num-supernodes=%d"',
+                len(names),
+                ",".join(names),
+                connected,
+                len(names) - connected,
+                len(names),
+            )
+        replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
+        # With evaluation sampled, round 0 reaches only some nodes: nothing to check.
+        if self.expected_clients and self.evaluates_every_node and self.app.fraction_evaluate >= 1:
+            self.check_nodes(replies)
+        self.aggregate_evaluate(0, replies)
+
+    def check_nodes(self, replies: list[Message]) -> None:
+        """Warn about spec clients no node answered as, and nodes the spec does not name."""
+        from fedsem_app.spec.apply import node_check
+
+        seen = [
+            m.content.get(p.INFO, ConfigRecord()).get(p.CLIENT_NAME, "")
+            for m in replies
+            if not m.has_error()
+        ]
+        missing, unexpected = node_check(self.expected_clients, seen)
+        failed = sum(m.has_error() for m in replies)
+        if not missing and not unexpected:
+            log(INFO, "federation spec: all %d clients answered", len(self.expected_clients))
+            return
+        log(
+            WARNING,
+            "federation spec lists %d clients (%s); missing: %s; unexpected: %s%s. In "
+            'simulation: flwr run . --federation-config "num-supernodes=%d"; in deployment '
+            "start each SuperNode with the command fedsem-spec deploy prints",
+            len(self.expected_clients),
+            ",".join(self.expected_clients),
+            ", ".join(missing) or "none",
+            ", ".join(unexpected) or "none",
+            f" ({failed} node(s) replied with an error)" if failed else "",
+            len(self.expected_clients),
+        )
+
+    # --- Strategy interface ----------------------------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Start the round's row, then configure training as FedAvg does."""
+        self.run_log.start_round(server_round)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate replies, then aggregate with FedAvg (adapters weighted by examples)."""
+        t0 = time.perf_counter()
+        kept, dropped = self.usable(server_round, replies, "train", TRAIN_METRICS)
+        vetted = [m for m in kept if self.check_adapter(server_round, m)]
+        dropped += len(kept) - len(vetted)
+        kept, arrays = vetted, None
+        if self.enough(server_round, "train", len(kept)):
+            arrays = self.combine(server_round, kept)
+        extra = {"server-seconds": time.perf_counter() - t0, **self.round_extras(server_round)}
+        metrics = self.record_train(server_round, kept, dropped, extra)
+        return arrays, metrics
+
+    def round_extras(self, server_round: int) -> dict[str, Any]:
+        """Extra columns of a training round's row (none here; the DP epsilon in FedAvgLora)."""
+        return {}
+
+    def privacy_summary(self) -> dict[str, Any]:
+        """What ``summary.json`` says about DP (nothing unless the strategy adds noise)."""
+        return {}
+
+    def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
+        """Combine vetted replies' arrays: FedAvg's weighted mean unless overridden."""
+        arrays, _ = super().aggregate_train(server_round, replies)
+        return arrays
+
+    def check_adapter(self, server_round: int, message: Message) -> bool:
+        """Hook for parameter strategies to vet a returned adapter (default: accept)."""
+        return True
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """FedAvg's evaluate messages plus the shared held-out test prompts."""
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        for msg in messages:
+            msg.content[p.TEST] = self._test
+            # Text strategies: no adapter, not even an empty record (messages may share
+            # one content, so check before deleting).
+            if len(arrays) == 0 and p.ADAPTER in msg.content:
+                del msg.content[p.ADAPTER]
+        return messages
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Average evaluation metrics by example count and close the round's row."""
+        required = EVAL_METRICS if self.app.eval.generate else (p.NUM_EXAMPLES, p.NLL)
+        kept, dropped = self.usable(server_round, replies, "evaluate", required)
+        self.run_log.add_clients(server_round, "evaluate", self.client_rows(kept))
+        metrics = super().aggregate_evaluate(server_round, kept) if kept else None
+        row: dict[str, Any] = {"eval-replies": len(kept), "eval-dropped": dropped}
+        if metrics is not None:
+            # Per-prompt lists become intervals; the row keeps numbers only.
+            row.update({k: v for k, v in metrics.items() if not isinstance(v, list)})
+            row.update(quality_intervals([dict(m.content[p.METRICS]) for m in kept]))
+        self.run_log.add(server_round, row)
+        self.run_log.close_round(server_round)
+        return metrics
+
+    def summary(self) -> None:
+        """Log the strategy's settings."""
+        log(INFO, "\t├── strategy: %s (%s)", self.name, type(self).__name__)
+        log(
+            INFO,
+            "\t├── min clients: %d, fraction train: %.2f, fraction evaluate: %.2f",
+            self.app.min_clients,
+            self.fraction_train,
+            self.fraction_evaluate,
+        )
+        log(INFO, "\t└── test prompts: %d", len(self._test[p.IDS]))

@@ -1,0 +1,141 @@
+"""Checks on client replies before a strategy uses them.
+
+Runs on the server.
+
+Every function here is pure: it takes a reply's content and returns what can be
+used plus human-readable reasons for what cannot. Strategies log the reasons
+with the node id and count the drops in the round metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedsem_app import protocol as p
+from fedsem_app.wire import WireError, unpack_texts
+
+
+@dataclass
+class ValidAnswers:
+    """A client's answers aligned to the round's prompt ids.
+
+    Attributes
+    ----------
+    texts
+        One text per expected prompt ("" where unusable).
+    confidences
+        One mean token log-prob per prompt (0.0 where unusable).
+    valid
+        Boolean mask: which prompts this client may vote on.
+    finished
+        Boolean mask: which answers ended with EOS (all True if the client sent no
+        flags).
+    problems
+        Reasons for each prompt-level exclusion (for the log).
+    """
+
+    texts: list[str]
+    confidences: np.ndarray
+    valid: np.ndarray
+    finished: np.ndarray | None = None
+    problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.finished is None:
+            self.finished = np.ones(len(self.texts), dtype=bool)
+
+
+def reply_error(message: Message) -> str | None:
+    """Why a reply is unusable as a whole (Flower error, no content), else None."""
+    if message.has_error():
+        err = message.error
+        return f"client error (code {err.code}): {err.reason}"
+    if not message.has_content():
+        return "reply has no content"
+    return None
+
+
+def check_metrics(content: RecordDict, required: Iterable[str]) -> str | None:
+    """Return a reason if the METRICS record is missing keys or holds non-finite values."""
+    metrics = content.get(p.METRICS)
+    if not isinstance(metrics, MetricRecord):
+        return f"reply has no MetricRecord '{p.METRICS}'"
+    missing = [k for k in required if k not in metrics]
+    if missing:
+        return f"metrics miss {', '.join(missing)}"
+    for key, value in metrics.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(math.isfinite(v) for v in values):
+            return f"metric '{key}' is not finite"
+    if p.NUM_EXAMPLES in metrics and metrics[p.NUM_EXAMPLES] <= 0:
+        return f"'{p.NUM_EXAMPLES}' must be positive"
+    return None
+
+
+def check_answers(
+    content: RecordDict, expected_ids: Sequence[int], max_chars: int
+) -> tuple[ValidAnswers | None, str | None]:
+    """Validate a FedSem answers record against the prompt ids that were sent.
+
+    A structurally wrong record (missing, wrong types, ids not matching, a
+    different number of texts than prompts) rejects the whole reply. Single
+    answers that are empty, longer than ``max_chars`` or carry a non-finite
+    confidence are masked out of that prompt's consensus only.
+
+    Returns
+    -------
+    tuple
+        ``(answers, None)`` when usable, ``(None, reason)`` when the reply is rejected.
+    """
+    record = content.get(p.ANSWERS)
+    if not isinstance(record, ConfigRecord):
+        return None, f"reply has no ConfigRecord '{p.ANSWERS}'"
+    ids, confs = record.get(p.IDS), record.get(p.CONFIDENCES)
+    try:
+        # Bounded: UTF-8 takes at most 4 bytes a character, JSON escapes at most 6.
+        texts = unpack_texts(record, p.TEXTS, (6 * max_chars + 8) * max(len(expected_ids), 1))
+    except WireError as err:
+        return None, str(err)
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        return None, f"'{p.TEXTS}' must be a list of strings"
+    if len(texts) != len(expected_ids):
+        return None, f"returned {len(texts)} texts for {len(expected_ids)} prompts"
+    if not isinstance(ids, list) or list(ids) != list(expected_ids):
+        return None, "prompt ids do not match the ids that were sent"
+    if (
+        not isinstance(confs, list)
+        or len(confs) != len(texts)
+        or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in confs)
+    ):
+        return None, f"'{p.CONFIDENCES}' must be one number per text"
+    flags = record.get(p.FINISHED, [True] * len(texts))
+    if (
+        not isinstance(flags, list)
+        or len(flags) != len(texts)
+        or not all(isinstance(f, bool) for f in flags)
+    ):
+        return None, f"'{p.FINISHED}' must be one true/false per text"
+
+    valid = np.ones(len(texts), dtype=bool)
+    problems = []
+    clean = list(texts)
+    for i, (text, conf) in enumerate(zip(texts, confs, strict=True)):
+        reason = None
+        if not text.strip():
+            reason = "empty answer"
+        elif len(text) > max_chars:
+            reason = f"answer of {len(text)} chars exceeds {max_chars}"
+        elif not math.isfinite(conf):
+            reason = "non-finite confidence"
+        if reason:
+            valid[i] = False
+            clean[i] = ""
+            problems.append(f"prompt {expected_ids[i]}: {reason}")
+    conf_arr = np.array([c if math.isfinite(c) else 0.0 for c in confs], dtype=np.float32)
+    conf_arr[~valid] = 0.0
+    return ValidAnswers(clean, conf_arr, valid, np.array(flags, dtype=bool), problems), None

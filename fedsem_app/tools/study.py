@@ -1,0 +1,383 @@
+"""Several seeds per strategy: gains, spreads, paired differences and per-model tables.
+
+Offline tool, used by ``fedsem-compare --seeds`` and ``bench/study.py``; pure
+functions over finished run folders (:class:`~fedsem_app.tools.comparison.RunRecord`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedsem_app.files import is_finite
+from fedsem_app.run.meter import human_bytes
+from fedsem_app.tools.comparison import RunRecord, metric_values
+
+GAIN_SIGN = {"rouge-l": 1.0, "embed-sim": 1.0, "nll": -1.0}
+TARGET_SHARE = 0.9  # cost to target: 90 % of the reference's final gain over round 0
+
+
+def gain_per_round(rows: Sequence[Mapping[str, Any]], key: str) -> dict[int, float]:
+    """Improvement of ``key`` over round 0 after every round (positive = better).
+
+    NLL improves downwards, so its gain is ``round-0 NLL - NLL``. Empty without a
+    round-0 row.
+    """
+    base = next((r[key] for r in rows if r.get("round") == 0 and is_finite(r.get(key))), None)
+    if base is None:
+        return {}
+    sign = GAIN_SIGN[key]
+    return {
+        int(r["round"]): sign * (float(r[key]) - base)
+        for r in rows
+        if r.get("round", 0) > 0 and is_finite(r.get(key))
+    }
+
+
+def _spread(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None for fewer than two values)."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(var)
+
+
+def first_reaching(rows: Sequence[Mapping[str, Any]], key: str, target: float) -> dict | None:
+    """Cumulative bytes and seconds at the first round whose gain reaches ``target``."""
+    gains = gain_per_round(rows, key)
+    for r in rows:
+        rnd = r.get("round", 0)
+        if rnd in gains and gains[rnd] >= target:
+            return {
+                "round": rnd,
+                "bytes": r.get("bytes-cumulative"),
+                "seconds": r.get("elapsed-seconds"),
+            }
+    return None
+
+
+def study_rows(
+    runs: Sequence[RunRecord], reference: str = "pooled", key: str = "nll"
+) -> list[dict[str, Any]]:
+    """One row per label over its seeds: final quality and gain (mean, std), cost, time.
+
+    Parameters
+    ----------
+    runs
+        Finished and failed runs; several per label (one per seed).
+    reference
+        The label whose mean final gain defines the cost-to-target threshold.
+    key
+        The metric the cost to target is measured on.
+    """
+    by_label: dict[str, list[RunRecord]] = {}
+    for run in runs:
+        by_label.setdefault(run.label, []).append(run)
+    ok = {label: [r for r in group if r.ok and r.rows] for label, group in by_label.items()}
+    ref_gains = [
+        max(gain_per_round(r.rows, key).items())[1]
+        for r in ok.get(reference, [])
+        if gain_per_round(r.rows, key)
+    ]
+    ref_gain, _ = _spread(ref_gains)
+    target = TARGET_SHARE * ref_gain if ref_gain is not None and ref_gain > 0 else None
+    table = []
+    for label, group in by_label.items():
+        done = ok[label]
+        row: dict[str, Any] = {"label": label, "seeds": len(done), "failed": len(group) - len(done)}
+        for metric in GAIN_SIGN:
+            finals = [float(r.rows[-1][metric]) for r in done if is_finite(r.rows[-1].get(metric))]
+            gains = [max(g.items())[1] for r in done if (g := gain_per_round(r.rows, metric))]
+            row[f"{metric}-final"], row[f"{metric}-final-std"] = _spread(finals)
+            row[f"{metric}-gain"], row[f"{metric}-gain-std"] = _spread(gains)
+            lows = [r.rows[-1].get(f"{metric}-low") for r in done]
+            highs = [r.rows[-1].get(f"{metric}-high") for r in done]
+            if lows and all(is_finite(v) for v in lows + highs):
+                row[f"{metric}-ci-halfwidth"] = sum(
+                    h - lo for lo, h in zip(lows, highs, strict=True)
+                ) / (2 * len(lows))
+        trained = [[x for x in r.rows if x.get("round", 0) > 0] for r in done]
+        per_round = [r[-1]["bytes-cumulative"] / len(r) for r in trained if r]
+        row["bytes-per-round"] = _spread(per_round)[0]
+        seconds = [r[-1]["elapsed-seconds"] / len(r) for r in trained if r]
+        row["seconds-per-round"] = _spread(seconds)[0]
+        if target is not None:
+            hits = [first_reaching(r.rows, key, target) for r in done]
+            reached = [h for h in hits if h]
+            row["target-reached"] = f"{len(reached)}/{len(done)}"
+            if reached:
+                row["bytes-to-target"] = _spread([h["bytes"] for h in reached])[0]
+                row["seconds-to-target"] = _spread([h["seconds"] for h in reached])[0]
+        table.append(row)
+    return table
+
+
+def _pm(mean: float | None, std: float | None, digits: int = 3) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def study_markdown(table: Sequence[Mapping[str, Any]], notes: Mapping[str, str]) -> str:
+    """The study table as Markdown: mean ± standard deviation over seeds."""
+    metrics = [m for m in GAIN_SIGN if any(r.get(f"{m}-final") is not None for r in table)]
+    head = ["variant", "seeds"]
+    for m in metrics:
+        head += [f"{m} final", f"{m} gain over round 0"]
+    head += [
+        "bytes / round",
+        "s / round",
+        "reached 90 % of pooled's gain",
+        "bytes to target",
+        "s to target",
+    ]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in table:
+        cells = [r["label"], str(r["seeds"]) + (f" ({r['failed']} failed)" if r["failed"] else "")]
+        for m in metrics:
+            cells += [
+                _pm(r.get(f"{m}-final"), r.get(f"{m}-final-std")),
+                _pm(r.get(f"{m}-gain"), r.get(f"{m}-gain-std")),
+            ]
+        cells += [
+            human_bytes(r["bytes-per-round"]) if r.get("bytes-per-round") is not None else "n/a",
+            f"{r['seconds-per-round']:.0f}" if r.get("seconds-per-round") is not None else "n/a",
+            r.get("target-reached", "n/a"),
+            human_bytes(r["bytes-to-target"]) if r.get("bytes-to-target") is not None else "-",
+            f"{r['seconds-to-target']:.0f}" if r.get("seconds-to-target") is not None else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    meta = "".join(f"- {k}: {v}\n" for k, v in notes.items())
+    return meta + "\n" + "\n".join(lines) + "\n"
+
+
+def plot_seeds(runs: Sequence[RunRecord], path: Path, metrics: Sequence[str] = ("nll",)) -> None:
+    """Mean per round over seeds with a band of ± one standard deviation, per label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    metrics = [m for m in metrics if any(metric_values(r.rows, m) for r in runs)]
+    if not metrics:
+        return
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    labels = list(dict.fromkeys(r.label for r in runs))
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for label in labels:
+            per_round: dict[int, list[float]] = {}
+            for run in runs:
+                if run.label == label and run.ok:
+                    for row in run.rows:
+                        if is_finite(row.get(metric)):
+                            per_round.setdefault(int(row["round"]), []).append(float(row[metric]))
+            if not per_round:
+                continue
+            xs = sorted(per_round)
+            stats = [_spread(per_round[x]) for x in xs]
+            mean = [m for m, _ in stats]
+            std = [s or 0.0 for _, s in stats]
+            (line,) = ax.plot(xs, mean, marker="o", label=label)
+            ax.fill_between(
+                xs,
+                [m - s for m, s in zip(mean, std, strict=True)],
+                [m + s for m, s in zip(mean, std, strict=True)],
+                color=line.get_color(),
+                alpha=0.15,
+            )
+        ax.set_xlabel("round (0 = before training)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(metric + (" (lower is better)" if metric == "nll" else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("mean over seeds, band: ± 1 std")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _seed(run: RunRecord) -> Any:
+    return run.config.get("seed", run.summary.get("seed"))
+
+
+def paired_rows(
+    runs: Sequence[RunRecord], baselines: Mapping[str, str], key: str = "nll"
+) -> list[dict[str, Any]]:
+    """Each variant's final ``key`` against its baseline's, paired by seed.
+
+    Seeds fix the data split and the initial adapters, so the per-seed difference
+    removes most of the spread that the split causes; a variant beats its baseline
+    only where the mean difference is larger than its standard deviation.
+
+    Parameters
+    ----------
+    runs
+        Finished runs, several per label (one per seed, ``config.json``'s ``seed``).
+    baselines
+        label -> the label it is held against (e.g. ``fedsem`` -> ``local``).
+    key
+        The metric; positive differences are improvements (``GAIN_SIGN``).
+
+    Returns
+    -------
+    list of dict
+        ``label``, ``baseline``, ``seeds`` (paired), ``better`` (seeds with a positive
+        difference), ``diff`` / ``diff-std`` and ``per-seed`` ({seed: difference}).
+    """
+    finals: dict[str, dict[Any, float]] = {}
+    for run in runs:
+        if run.ok and run.rows and is_finite(run.rows[-1].get(key)):
+            finals.setdefault(run.label, {})[_seed(run)] = float(run.rows[-1][key])
+    table = []
+    for label, baseline in baselines.items():
+        mine, theirs = finals.get(label, {}), finals.get(baseline, {})
+        diffs = {s: GAIN_SIGN[key] * (mine[s] - theirs[s]) for s in mine if s in theirs}
+        if not diffs:
+            continue
+        mean, std = _spread(list(diffs.values()))
+        table.append(
+            {
+                "label": label,
+                "baseline": baseline,
+                "seeds": len(diffs),
+                "better": sum(d > 0 for d in diffs.values()),
+                "diff": mean,
+                "diff-std": std,
+                "per-seed": dict(sorted(diffs.items())),
+            }
+        )
+    return table
+
+
+def model_finals(run: RunRecord, key: str = "nll") -> dict[str, dict[str, float]]:
+    """Per model of one run: mean ``key`` over its clients at round 0 and the last round.
+
+    Read from ``clients.jsonl`` (the evaluate rows, which name each client's model).
+    """
+    path = run.folder / "clients.jsonl" if run.folder else None
+    if path is None or not path.is_file():
+        return {}
+    values: dict[tuple[str, int], list[float]] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("phase") == "evaluate" and is_finite(row.get(key)):
+            values.setdefault((row.get("model", ""), int(row["round"])), []).append(row[key])
+    out: dict[str, dict[str, float]] = {}
+    for model in sorted({m for m, _ in values}):
+        rounds = sorted(r for m, r in values if m == model)
+        first, last = values[(model, rounds[0])], values[(model, rounds[-1])]
+        out[model] = {"round-0": sum(first) / len(first), "final": sum(last) / len(last)}
+    return out
+
+
+def model_rows(
+    runs: Sequence[RunRecord], baselines: Mapping[str, str], key: str = "nll"
+) -> list[dict[str, Any]]:
+    """Per (variant, model): final ``key``, gain over round 0 and over the baseline's same model.
+
+    The baseline difference is paired by seed, as in :func:`paired_rows`; pick-share is
+    the share of the run's pseudo-labels that the model's answers won (FedSem only).
+    Only labels with more than one model are listed (the others are in :func:`paired_rows`).
+    """
+    per: dict[tuple[str, str], dict[Any, dict[str, float]]] = {}
+    shares: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        if not run.ok:
+            continue
+        for model, v in model_finals(run, key).items():
+            per.setdefault((run.label, model), {})[_seed(run)] = v
+            share = run.summary.get("pick-share", {}).get(model)
+            if share is not None:
+                shares.setdefault((run.label, model), []).append(float(share))
+    wanted = {label for label, _ in per if sum(lbl == label for lbl, _ in per) > 1}
+    sign = GAIN_SIGN[key]
+    table = []
+    for (label, model), by_seed in sorted(per.items()):
+        if label not in wanted:
+            continue
+        row: dict[str, Any] = {"label": label, "model": model, "seeds": len(by_seed)}
+        row["final"], row["final-std"] = _spread([v["final"] for v in by_seed.values()])
+        gains = [sign * (v["final"] - v["round-0"]) for v in by_seed.values()]
+        row["gain"], row["gain-std"] = _spread(gains)
+        base = per.get((baselines.get(label, ""), model), {})
+        diffs = [sign * (v["final"] - base[s]["final"]) for s, v in by_seed.items() if s in base]
+        if diffs:
+            row["baseline"] = baselines[label]
+            row["vs-baseline"], row["vs-baseline-std"] = _spread(diffs)
+            row["better"] = f"{sum(d > 0 for d in diffs)}/{len(diffs)}"
+        if (label, model) in shares:
+            row["pick-share"] = _spread(shares[(label, model)])[0]
+        table.append(row)
+    return table
+
+
+def paired_markdown(
+    paired: Sequence[Mapping[str, Any]], models: Sequence[Mapping[str, Any]], key: str = "nll"
+) -> str:
+    """The paired and per-model tables as Markdown (empty string when there are none)."""
+    text = ""
+    if paired:
+        text += (
+            f"\n{key} against the baseline, paired by seed (positive = better than the baseline)"
+            "\n\n| variant | baseline | seeds | better in | difference | per seed |\n"
+            "|---|---|---|---|---|---|\n"
+        )
+        for r in paired:
+            seeds = ", ".join(f"s{s}: {d:+.3f}" for s, d in r["per-seed"].items())
+            text += (
+                f"| {r['label']} | {r['baseline']} | {r['seeds']} | {r['better']}/{r['seeds']} "
+                f"| {_pm(r['diff'], r['diff-std'])} | {seeds} |\n"
+            )
+    if models:
+        text += (
+            f"\n{key} per model (mean over that model's clients)\n\n"
+            "| variant | model | seeds | final | gain over round 0 | vs baseline (same model) "
+            "| better in | pick-share |\n|---|---|---|---|---|---|---|---|\n"
+        )
+        for r in models:
+            vs = (
+                f"{_pm(r['vs-baseline'], r['vs-baseline-std'])} vs {r['baseline']}"
+                if "baseline" in r
+                else "-"
+            )
+            share = f"{r['pick-share']:.2f}" if r.get("pick-share") is not None else "-"
+            text += (
+                f"| {r['label']} | {r['model']} | {r['seeds']} | {_pm(r['final'], r['final-std'])} "
+                f"| {_pm(r['gain'], r['gain-std'])} | {vs} | {r.get('better', '-')} | {share} |\n"
+            )
+    return text
+
+
+def write_study(
+    runs: Sequence[RunRecord],
+    out: Path,
+    notes: Mapping[str, str],
+    baselines: Mapping[str, str] | None = None,
+) -> list[dict]:
+    """Write ``study.md``, ``study.csv`` and ``study_quality.png`` for runs over seeds.
+
+    ``baselines`` (label -> label) adds the paired-by-seed and per-model NLL tables.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    table = study_rows(runs)
+    baselines = baselines or {}
+    extra = paired_markdown(paired_rows(runs, baselines), model_rows(runs, baselines))
+    (out / "study.md").write_text(study_markdown(table, notes) + extra)
+    keys = list(dict.fromkeys(k for row in table for k in row))
+    with open(out / "study.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(table)
+    plot_seeds(runs, out / "study_quality.png", ("nll", "rouge-l", "embed-sim"))
+    return table
