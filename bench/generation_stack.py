@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import zaragoza_construction_faq
 
-    import fedsem_app.clients.base as base
+    import fedsem_app.clients.causal_lm as base
     from fedsem_app.clients import load_client, set_num_threads
     from fedsem_app.config import GenerationConfig, LoraConfig, ModelConfig
 

@@ -32,7 +32,7 @@ per round it records
   ``rest - rest at the highest bandwidth`` (where the bytes take well under a
   second) plus the model's transfer time there.
 
-Then the round-time model (``fedsem_app.roundtime``) is checked against the
+Then the round-time model (``fedsem_app.tools.roundtime``) is checked against the
 points, and the crossover bandwidth is computed for SmolLM2 (measured) and
 projected for Llama-3.1-8B/70B/405B from the analytic adapter bytes and a stated
 generation-speed assumption.
@@ -65,7 +65,7 @@ from statistics import mean
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import human_bytes, machine, markdown, output_folder, write_results  # noqa: E402
-from fedsem_app import analytic, roundtime  # noqa: E402
+from fedsem_app.tools import analytic, roundtime  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

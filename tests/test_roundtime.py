@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fedsem_app.roundtime import (
+from fedsem_app.tools.roundtime import (
     crossover_bandwidth,
     decode_seconds,
     round_seconds,

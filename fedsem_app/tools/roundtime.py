@@ -1,4 +1,4 @@
-"""Round time on a network of a given bandwidth: compute plus bytes over bandwidth.
+"""Round time on a network of a given bandwidth: compute plus bytes over bandwidth (offline tool).
 
 Pure functions, used by ``bench/shaped_network.py`` to check the model against
 rounds measured on shaped links and to find the crossover bandwidth below which
