@@ -119,3 +119,10 @@ class PeakRSS:
     def above_start(self) -> int:
         """Peak RSS minus RSS at entry, in bytes."""
         return self.peak - self.start
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSON-lines file ([] if it does not exist)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

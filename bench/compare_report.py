@@ -37,7 +37,7 @@ from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import human_bytes, markdown, output_folder, write_results  # noqa: E402
+from bench.common import human_bytes, markdown, output_folder, read_jsonl, write_results  # noqa: E402
 
 KINDS = [(d, k) for k in ("train", "evaluate") for d in ("down", "up")]
 
@@ -54,13 +54,6 @@ def run_folders(paths: list[str]) -> list[Path]:
         raise SystemExit(f"no run folders (with metrics.json) under {paths}")
     # FedSem first: the other strategies are compared against it.
     return sorted(folders, key=lambda f: strategy_of(f) != "fedsem")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file ([] if it does not exist)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def strategy_of(folder: Path) -> str:

@@ -64,8 +64,16 @@ from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import human_bytes, machine, markdown, output_folder, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    human_bytes,
+    machine,
+    markdown,
+    output_folder,
+    read_jsonl,
+    write_results,
+)
 from fedsem_app.tools import analytic, roundtime  # noqa: E402
+from fedsem_app.tools.compare import run_config_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -333,21 +341,6 @@ class Deployment:
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)
             except (ProcessLookupError, PermissionError, ValueError):
                 pass
-
-
-def write_profile(path: Path, values: dict) -> Path:
-    """A flat run-config TOML file (flwr run --run-config takes one file)."""
-    lines = []
-    for key, value in values.items():
-        text = json.dumps(value) if isinstance(value, str) else str(value)
-        lines.append(f'"{key}" = {text.lower() if isinstance(value, bool) else text}\n')
-    path.write_text("".join(lines))
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def round_rows(folder: Path, strategy: str, mbit: float, goodput: float, nodes: int) -> list[dict]:
@@ -724,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
                 name = f"{strategy}-{mbit:g}mbit"
                 values = {**setting, "strategy": strategy, "run-name": name}
                 values["results-dir"] = str(folder / "runs")
-                profile = write_profile(work / f"{name}.toml", values)
+                profile = work / f"{name}.toml"
+                profile.write_text(run_config_text(values))
                 log(f"run {name}")
                 drops = net.drops()
                 seconds = dep.flwr_run(profile, timeout=3600)
