@@ -24,11 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import ArrayRecord
 
 from fedsem_app.config.app import AppConfig
 from fedsem_app.data.records import QAPair
 from fedsem_app.data.split import load_split
+from fedsem_app.quantize import adapter_record
 from fedsem_app.run.checkpoint import CHECKPOINT_DIR, save_checkpoint
 
 
@@ -56,7 +57,7 @@ def smollm2_adapter(cfg: AppConfig) -> ArrayRecord:
     )
     state = client.adapter_state()
     clear_client_cache()
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+    return adapter_record(state)
 
 
 def time_writes(arrays: ArrayRecord | None, strategy_state: dict, rounds: int, repeats: int):

@@ -52,12 +52,12 @@ SERVER_TEXT_LIMIT = 256 * 2**20  # most bytes a compressed text list from the se
 
 @functools.lru_cache(maxsize=32)
 def private_pairs(
-    data: DataConfig, seed: int, node: NodeConfig, all_partitions: bool = False
+    data: DataConfig, seed: int, node: NodeConfig, source: str = p.OWN_DATA
 ) -> tuple[QAPair, ...]:
-    """Private data of a node: its own file, its partition, or (pooled) the whole pool."""
+    """Private data of a node: its own file or partition, or (``all-partitions``) the pool."""
     if node.data_path:
         return tuple(load_node_private(node.data_path, data))
-    if all_partitions:
+    if source == p.ALL_PARTITIONS:
         return tuple(load_partition(data, seed, 1, 0))
     return tuple(load_partition(data, seed, node.num_partitions, node.partition_id))
 
@@ -178,7 +178,7 @@ def train(msg: Message, context: Context) -> Message:
 
     try:
         private = private_pairs(
-            cfg.data, cfg.seed, node, bool(config.get(p.TRAIN_ON_ALL_PARTITIONS, False))
+            cfg.data, cfg.seed, node, str(config.get(p.TRAIN_DATA, p.OWN_DATA))
         )
     except ConfigError as err:  # e.g. a node's data file without the mapped fields
         raise RuntimeError(f"node with partition-id {node.partition_id}: {err}") from err

@@ -152,10 +152,19 @@ def decode_array(array: Array) -> np.ndarray:
     return dequantize(codes.reshape(shape), scale, scales)
 
 
+def adapter_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """An adapter (tensor name -> numpy array) as a plain ArrayRecord, dtypes kept.
+
+    The one conversion every side uses (replies, the global adapter, checkpoints);
+    :func:`decode_record` is its inverse.
+    """
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
 def encode_record(arrays: Mapping[str, np.ndarray], code: str, scales: str) -> ArrayRecord:
     """An adapter as an ArrayRecord: quantized with ``code``, or float32 for ``"none"``."""
     if code == "none":
-        return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        return adapter_record(arrays)
     return ArrayRecord({k: encode_array(v, code, scales) for k, v in arrays.items()})
 
 

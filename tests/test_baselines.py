@@ -266,7 +266,7 @@ def test_pooled_trains_and_evaluates_one_node_on_all_partitions(tmp_path):
         (1, p.EVALUATE),
     ]
     for _, content in sent(inbox, p.TRAIN):
-        assert content[p.TRAIN_CONFIG][p.TRAIN_ON_ALL_PARTITIONS] is True
+        assert content[p.TRAIN_CONFIG][p.TRAIN_DATA] == p.ALL_PARTITIONS
         # The federation's compute: 3 connected nodes x train.local-steps (4) = 12 steps.
         assert content[p.TRAIN_CONFIG][p.LOCAL_STEPS] == 12
         assert set(content) == {p.TRAIN_CONFIG}

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
@@ -46,6 +46,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from fedsem_app.config.app import AppConfig
 from fedsem_app.config.errors import ConfigError
 from fedsem_app.files import atomic_write, jsonable, toml_value
+from fedsem_app.quantize import adapter_record
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
@@ -234,7 +235,7 @@ def read_checkpoint(folder: Path) -> Checkpoint:
                 key, f"checkpoint arrays {str(path)!r} do not match their sha256: file damaged"
             )
         tensors = safetensors_load(data)
-        arrays = ArrayRecord({k: Array(np.ascontiguousarray(tensors[k])) for k in entry["keys"]})
+        arrays = adapter_record({k: tensors[k] for k in entry["keys"]})
     return Checkpoint(
         folder=folder,
         round=int(state["round"]),

@@ -45,7 +45,7 @@ class Pooled(Local):
     Wire contract (see :mod:`fedsem_app.protocol`)
     -----------------------------------------------
     As :class:`~fedsem_app.strategies.local.Local`, sent to one node only, plus
-    ``train-on-all-partitions`` (true) in the train ``config``: the client trains
+    ``train-data = "all-partitions"`` in the train ``config``: the client trains
     on the whole private pool instead of its partition and reports its size as
     ``num-examples``, and ``local-steps`` (int): the optimizer steps to take.
 
@@ -93,8 +93,8 @@ class Pooled(Local):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Ask the pooled node to train on every partition with the federation's steps."""
-        config[p.TRAIN_ON_ALL_PARTITIONS] = True
-        config[p.LOCAL_STEPS] = self.app.train.local_steps * len(self.connected(grid))
+        steps = self.app.train.local_steps * len(self.connected(grid))
+        config.update(p.TrainRequest(train_data=p.ALL_PARTITIONS, local_steps=steps).to_config())
         messages = super().configure_train(server_round, arrays, config, grid)
         log(WARNING, "%s (node %d)", NOT_FEDERATED, self.node_id)
         return messages
