@@ -177,9 +177,7 @@ def train(msg: Message, context: Context) -> Message:
     _restore_adapter(client, msg, context, cfg.model.cache_path)
 
     try:
-        private = private_pairs(
-            cfg.data, cfg.seed, node, str(config.get(p.TRAIN_DATA, p.OWN_DATA))
-        )
+        private = private_pairs(cfg.data, cfg.seed, node, str(config.get(p.TRAIN_DATA, p.OWN_DATA)))
     except ConfigError as err:  # e.g. a node's data file without the mapped fields
         raise RuntimeError(f"node with partition-id {node.partition_id}: {err}") from err
     stats = client.train(
