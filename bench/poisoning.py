@@ -141,28 +141,21 @@ def adapter_part(args: argparse.Namespace, test) -> list[dict]:
     """Test NLL of combined adapters with poisoned clients, for every aggregation rule."""
     from fedsem_app.clients.faults import corrupt_adapter
     from fedsem_app.config.sections import AggregationConfig, FaultConfig
-    from fedsem_app.strategies.aggregation import AGGREGATION_RULES, robust_combine
+    from fedsem_app.strategies.aggregation import AGGREGATION_RULES, combine_adapters
 
     trained = list(honest_clients(args, ["smollm2-135m"] * NUM_CLIENTS))
     client = trained[0][0]
     adapters = [a for _, a, _ in trained]
-    weights = np.array([n for _, _, n in trained], dtype=np.float64)
+    weights = [n for _, _, n in trained]
     pairs = [(q.prompt, q.answer) for q in test]
-
-    def weighted_mean(states, w):
-        return {
-            k: np.tensordot(w / w.sum(), np.stack([s[k] for s in states]), axes=1).astype(
-                np.float32
-            )
-            for k in states[0]
-        }
 
     def distance(state, ref):
         num = sum(float(np.sum((state[k] - ref[k]) ** 2)) for k in ref)
         den = sum(float(np.sum(ref[k] ** 2)) for k in ref)
         return (num / den) ** 0.5
 
-    honest_mean = weighted_mean(adapters, weights)
+    # The rules as a round applies them: Flower's FedAvg (weighted), FedMedian, FedTrimmedAvg.
+    honest_mean = combine_adapters(adapters, AggregationConfig(rule="mean"), weights)
     client.set_adapter(None)
     rows = [{"attack": "-", "poisoned": 0, "rule": "fresh adapter", "nll": client.nll(pairs)}]
     rng = np.random.default_rng(args.seed)
@@ -173,10 +166,7 @@ def adapter_part(args: argparse.Namespace, test) -> list[dict]:
             for k in range(NUM_CLIENTS - n_bad, NUM_CLIENTS):
                 states[k] = corrupt_adapter(fault, adapters[k], rng)
             for rule in AGGREGATION_RULES:
-                if rule == "mean":
-                    combined = weighted_mean(states, weights)
-                else:
-                    combined = robust_combine(states, AggregationConfig(rule=rule))
+                combined = combine_adapters(states, AggregationConfig(rule=rule), weights)
                 client.set_adapter(combined)
                 rows.append(
                     {

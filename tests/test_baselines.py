@@ -14,7 +14,7 @@ from fedsem_app.run.meter import MeteredGrid
 from fedsem_app.run.results import RunLog, make_run_folder
 from fedsem_app.server_app import check_setup
 from fedsem_app.strategies import get_strategy_class
-from fedsem_app.strategies.fedavg_lora import adapter_layout, adapter_problem
+from fedsem_app.strategies.validation import adapter_layout, adapter_problem
 from tests.fake_grid import FakeGrid
 
 EVAL_METRICS = {p.NUM_EXAMPLES: 2, p.ROUGE_L: 0.25, p.EMBED_SIM: 0.5, p.NLL: 2.0}

@@ -13,7 +13,7 @@ from fedsem_app.clients.faults import corrupt_adapter, corrupt_answers, garbage_
 from fedsem_app.config.app import load_app_config
 from fedsem_app.config.errors import ConfigError
 from fedsem_app.config.sections import AggregationConfig, FaultConfig
-from fedsem_app.strategies.aggregation import robust_combine
+from fedsem_app.strategies.aggregation import combine_adapters
 from fedsem_app.strategies.validation import check_answers
 from fedsem_app.wire import WireError, pack_texts, unpack_texts
 
@@ -125,14 +125,14 @@ def test_check_answers_reads_compressed_replies_and_rejects_bombs():
 
 def test_median_and_trimmed_mean_by_hand():
     adapters = [{"w": np.array([v, -v], np.float32)} for v in (0.0, 1.0, 2.0, 3.0, 100.0)]
-    median = robust_combine(adapters, AggregationConfig(rule="median"))
+    median = combine_adapters(adapters, AggregationConfig(rule="median"))
     np.testing.assert_array_equal(median["w"], [2.0, -2.0])
     assert median["w"].dtype == np.float32
     # 5 values, trim 0.2: int(0.2 * 5) = 1 cut at each end -> mean(1, 2, 3) = 2
-    trimmed = robust_combine(adapters, AggregationConfig(rule="trimmed-mean", trim_fraction=0.2))
+    trimmed = combine_adapters(adapters, AggregationConfig(rule="trimmed-mean", trim_fraction=0.2))
     np.testing.assert_allclose(trimmed["w"], [2.0, -2.0])
     # trim 0.1: int(0.5) = 0 cut -> the plain mean (0 + 1 + 2 + 3 + 100) / 5 = 21.2
-    plain = robust_combine(adapters, AggregationConfig(rule="trimmed-mean", trim_fraction=0.1))
+    plain = combine_adapters(adapters, AggregationConfig(rule="trimmed-mean", trim_fraction=0.1))
     np.testing.assert_allclose(plain["w"], [21.2, -21.2], rtol=1e-6)
 
 

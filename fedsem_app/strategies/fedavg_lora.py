@@ -5,68 +5,28 @@ Runs on the server.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from logging import INFO, WARNING
+from collections.abc import Iterable
+from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedsem_app import protocol as p
 from fedsem_app.clients import clear_client_cache, load_client
-from fedsem_app.quantize import QuantizeError, decode_record, encode_record, is_quantized
+from fedsem_app.quantize import (
+    QuantizeError,
+    adapter_record,
+    decode_record,
+    encode_record,
+    is_quantized,
+)
 from fedsem_app.strategies import register_strategy
-from fedsem_app.strategies.aggregation import robust_combine
-from fedsem_app.strategies.harness import AppStrategy
-
-# Layout of an adapter: tensor name -> (shape, dtype), as Flower's Array describes them.
-Layout = dict[str, tuple[tuple[int, ...], str]]
-
-
-def adapter_layout(arrays: Mapping[str, Array]) -> Layout:
-    """Shape and dtype of every tensor of an adapter record."""
-    return {key: (tuple(array.shape), array.dtype) for key, array in arrays.items()}
-
-
-def adapter_problem(content, expected: Layout) -> str | None:
-    """Why a reply's adapter cannot be averaged into the global one, or None if it can.
-
-    Parameters
-    ----------
-    content
-        The reply's RecordDict.
-    expected
-        Layout of the global adapter that was sent (see :func:`adapter_layout`).
-
-    Returns
-    -------
-    str or None
-        The first problem found: a missing or extra record, keys, shapes or dtypes
-        that differ from the global adapter, or non-finite values.
-    """
-    record = content.get(p.ADAPTER)
-    if not isinstance(record, ArrayRecord):
-        return f"reply has no ArrayRecord '{p.ADAPTER}'"
-    if len(content.array_records) != 1:
-        # FedAvg averages every ArrayRecord of a reply: a second one would be mixed in.
-        return f"reply holds {len(content.array_records)} ArrayRecords, expected only '{p.ADAPTER}'"
-    missing = [key for key in expected if key not in record]
-    if missing:
-        return f"adapter misses {len(missing)} tensor(s), first: {missing[0]!r}"
-    extra = [key for key in record if key not in expected]
-    if extra:
-        return f"adapter has {len(extra)} unexpected tensor(s), first: {extra[0]!r}"
-    for key, array in record.items():
-        shape, dtype = expected[key]
-        if tuple(array.shape) != shape:
-            return f"tensor {key!r} has shape {tuple(array.shape)}, expected {shape}"
-        if array.dtype != dtype:
-            return f"tensor {key!r} has dtype {array.dtype}, expected {dtype}"
-        if not np.isfinite(array.numpy()).all():
-            return f"tensor {key!r} holds non-finite values"
-    return None
+from fedsem_app.strategies.aggregation import aggregator
+from fedsem_app.strategies.harness import AppStrategy, Combined, Vetted
+from fedsem_app.strategies.validation import Layout, adapter_layout, adapter_problem
 
 
 @register_strategy("fedavg-lora")
@@ -111,6 +71,9 @@ class FedAvgLora(AppStrategy):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._layout: Layout = {}
+        # Flower's strategy of aggregation.rule combines the adapters (FedAvg's mean,
+        # FedMedian, FedTrimmedAvg); self.flower samples and sends.
+        self.aggregator = aggregator(self.app.aggregation, **self.flower_arguments(**kwargs))
 
     def initial_arrays(self) -> ArrayRecord:
         """The fresh global adapter, built from the shared model on the server's CPU."""
@@ -126,7 +89,7 @@ class FedAvgLora(AppStrategy):
         state = client.adapter_state()
         # The server needs the model only for this adapter; free its weights.
         clear_client_cache()
-        arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+        arrays = adapter_record(state)
         log(
             INFO,
             "%s: global LoRA adapter of %s: %d tensors, %d parameters (%.2f MB)",
@@ -145,19 +108,21 @@ class FedAvgLora(AppStrategy):
             return arrays
         return encode_record(decode_record(arrays), cfg.quantize, cfg.quantize_scales)
 
-    def configure_train(
+    def train_messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Ask for the trained adapter back; FedAvg sends the global one under ``adapter``.
+        """Ask for the trained adapter back; Flower sends the global one under ``adapter``.
 
         With ``aggregation.quantize`` the global adapter goes out quantized and the
-        config asks the client to quantize its reply the same way.
+        request asks the client to quantize its reply the same way.
         """
-        config[p.RETURN_ADAPTER] = True
-        config[p.QUANTIZE] = self.app.aggregation.quantize
-        config[p.QUANTIZE_SCALES] = self.app.aggregation.quantize_scales
+        cfg = self.app.aggregation
+        request = p.TrainRequest(
+            return_adapter=True, quantize=cfg.quantize, quantize_scales=cfg.quantize_scales
+        )
+        config.update(request.to_config())
         self._layout = adapter_layout(arrays)
-        return super().configure_train(server_round, self.on_the_wire(arrays), config, grid)
+        return self.flower.configure_train(server_round, self.on_the_wire(arrays), config, grid)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -165,23 +130,20 @@ class FedAvgLora(AppStrategy):
         """Evaluate the global adapter as the clients receive it (quantized if configured)."""
         return super().configure_evaluate(server_round, self.on_the_wire(arrays), config, grid)
 
-    def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
-        """FedAvg's weighted mean, or the robust rule set by ``aggregation.rule``."""
-        cfg = self.app.aggregation
-        if cfg.rule == "mean" and not self.app.dp.enabled:
-            return super().combine(server_round, replies)
-        adapters = [{k: v.numpy() for k, v in msg.content[p.ADAPTER].items()} for msg in replies]
-        if self.app.dp.enabled:
-            # DP's noise is calibrated to one client's share of an equal-weight mean
-            # (clipping norm / clients): weighting by examples would let a large client
-            # move the mean further than the noise covers.
-            combined = {
-                k: np.mean(np.stack([a[k] for a in adapters]), axis=0).astype(first.dtype)
-                for k, first in adapters[0].items()
-            }
-        else:
-            combined = robust_combine(adapters, cfg)
-        return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in combined.items()})
+    def combine(self, server_round: int, vetted: list[Vetted]) -> Combined:
+        """Flower's strategy of ``aggregation.rule``, or an equal-weight mean under DP."""
+        replies = [msg for msg, _ in vetted]
+        if not self.app.dp.enabled:
+            return Combined(arrays=self.aggregator.aggregate_train(server_round, replies)[0])
+        # DP's noise is calibrated to one client's share of an equal-weight mean
+        # (clipping norm / clients): weighting by examples would let a large client move
+        # the mean further than the noise covers. Flower has no unweighted mean strategy.
+        adapters = [decode_record(msg.content[p.ADAPTER]) for msg in replies]
+        combined = {
+            k: np.mean(np.stack([a[k] for a in adapters]), axis=0).astype(first.dtype)
+            for k, first in adapters[0].items()
+        }
+        return Combined(arrays=adapter_record(combined))
 
     def round_extras(self, server_round: int) -> dict[str, Any]:
         """With DP: epsilon of this round and after every round so far (``dp-epsilon``)."""
@@ -210,30 +172,19 @@ class FedAvgLora(AppStrategy):
             }
         }
 
-    def check_adapter(self, server_round: int, message: Message) -> bool:
+    def vet(self, server_round: int, message: Message) -> tuple[None, str | None]:
         """Decode a quantized adapter, then accept it only if it matches the global one.
 
         The decoded float32 adapter replaces the wire one in the reply, so that what
         is averaged (and what the byte meter counted before) are each the real thing.
         """
-        reason = None
         record = message.content.get(p.ADAPTER)
         if isinstance(record, ArrayRecord) and is_quantized(record):
             try:
                 message.content[p.ADAPTER] = encode_record(decode_record(record), "none", "")
             except QuantizeError as err:
-                reason = str(err)
-        reason = reason or adapter_problem(message.content, self._layout)
-        if reason is None:
-            return True
-        log(
-            WARNING,
-            "round %d train: dropped reply of node %d: %s",
-            server_round,
-            message.metadata.src_node_id,
-            reason,
-        )
-        return False
+                return None, str(err)
+        return None, adapter_problem(message.content, self._layout)
 
     def summary(self) -> None:
         """Log the strategy's settings."""

@@ -69,18 +69,18 @@ class FedIT(FedAvgLora):
         kwargs.setdefault("fraction_train", app.fedit.fraction_train)
         super().__init__(app, *args, **kwargs)
 
-    def configure_train(
+    def train_messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """FedAvg-LoRA's train messages on a sample of clients, with the Alpaca template."""
-        config[p.TEMPLATE] = self.template
-        return super().configure_train(server_round, arrays, config, grid)
+        config.update(p.TrainRequest(template=self.template).to_config())
+        return super().train_messages(server_round, arrays, config, grid)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Evaluate with the template the adapter was trained with."""
-        config[p.TEMPLATE] = self.template
+        config.update(p.TrainRequest(template=self.template).to_config())
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def summary(self) -> None:
@@ -89,6 +89,6 @@ class FedIT(FedAvgLora):
             INFO,
             "\t├── FedIT: template %r, fraction train %.2f",
             self.template,
-            self.fraction_train,
+            self.flower.fraction_train,
         )
         super().summary()

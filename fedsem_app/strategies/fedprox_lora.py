@@ -5,14 +5,12 @@ Runs on the server.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from logging import INFO
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
-from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedProx
 
-from fedsem_app import protocol as p
 from fedsem_app.strategies import register_strategy
 from fedsem_app.strategies.fedavg_lora import FedAvgLora
 
@@ -21,11 +19,12 @@ from fedsem_app.strategies.fedavg_lora import FedAvgLora
 class FedProxLora(FedAvgLora):
     """FedProx (Li et al., MLSys 2020) over the LoRA adapters of one shared base model.
 
-    The server side is FedAvg-LoRA unchanged; every train message also carries
-    ``proximal-mu`` (``fedprox.proximal-mu``, the key Flower's own FedProx
-    strategy sends), and the client adds ``mu / 2 * ||w - w_global||^2`` over its
-    adapter weights to the training loss, which keeps non-IID clients from
-    drifting far from the global adapter. With ``mu = 0`` it is ``fedavg-lora``.
+    The server side is FedAvg-LoRA with Flower's own
+    :class:`~flwr.serverapp.strategy.FedProx` sending the messages: every train
+    message also carries ``proximal-mu`` (``fedprox.proximal-mu``), and the client
+    adds ``mu / 2 * ||w - w_global||^2`` over its adapter weights to the training
+    loss, which keeps non-IID clients from drifting far from the global adapter.
+    With ``mu = 0`` it is ``fedavg-lora``.
 
     Wire contract (see :mod:`fedsem_app.protocol`)
     -----------------------------------------------
@@ -38,12 +37,9 @@ class FedProxLora(FedAvgLora):
         See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """FedAvg-LoRA's train messages with the proximal term's weight."""
-        config[p.PROXIMAL_MU] = self.app.fedprox.proximal_mu
-        return super().configure_train(server_round, arrays, config, grid)
+    def flower_strategy(self, **arguments: Any) -> FedProx:
+        """Flower's FedProx: FedAvg's messages plus ``proximal-mu`` in every train config."""
+        return FedProx(proximal_mu=self.app.fedprox.proximal_mu, **arguments)
 
     def summary(self) -> None:
         """Log the strategy's settings."""

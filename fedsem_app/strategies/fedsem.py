@@ -23,7 +23,7 @@ from fedsem_app.data.records import QAPair
 from fedsem_app.embedding import embed
 from fedsem_app.strategies import register_strategy
 from fedsem_app.strategies.consensus import ConsensusResult, consensus, text_key
-from fedsem_app.strategies.harness import TRAIN_METRICS, AppStrategy, qa_record
+from fedsem_app.strategies.harness import AppStrategy, Combined, Vetted, messages, qa_record
 from fedsem_app.strategies.validation import ValidAnswers, check_answers
 
 
@@ -205,7 +205,6 @@ class FedSem(AppStrategy):
         super().__init__(*args, **kwargs)
         self.pseudo_labels: list[QAPair] = []
         self.unfinished: set[int] = set()  # ids of pseudo-labels cut at the length cap
-        self._node_shares: dict[int, float] = {}  # this round's pick-share by node id
         self._prompts: dict[int, list[QAPair]] = {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -220,14 +219,13 @@ class FedSem(AppStrategy):
         self.pseudo_labels = [QAPair(**q) for q in state.get("pseudo-labels", [])]
         self.unfinished = set(state.get("unfinished", []))
 
-    def configure_train(
+    def train_messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the round's public prompts and the previous round's pseudo-labels."""
-        self.run_log.start_round(server_round)
         prompts = public_slice(self.split.public, server_round, self.app.fedsem.prompts_per_round)
         self._prompts[server_round] = prompts
-        node_ids = self.sample(grid, self.fraction_train, self.min_train_nodes)
+        node_ids = self.train_nodes(grid)
         log(
             INFO,
             "configure_train: %d nodes, %d public prompts, %d pseudo-labels",
@@ -235,7 +233,7 @@ class FedSem(AppStrategy):
             len(prompts),
             len(self.pseudo_labels),
         )
-        config[p.ROUND] = server_round
+        config.update(p.TrainRequest(server_round=server_round).to_config())
         codec = self.app.fedsem.wire_compression
         pseudo = qa_record(self.pseudo_labels, codec=codec)
         pseudo[p.FINISHED] = [q.id not in self.unfinished for q in self.pseudo_labels]
@@ -246,59 +244,43 @@ class FedSem(AppStrategy):
                 p.PSEUDO: pseudo,
             }
         )
-        return self._construct_messages(content, node_ids, MessageType.TRAIN)
+        return messages(content, node_ids, MessageType.TRAIN)
+
+    def vet(self, server_round: int, message: Message) -> tuple[ValidAnswers | None, str | None]:
+        """The reply's answers aligned to the round's prompts, or why it has none.
+
+        Answers to single prompts that cannot vote (too long, not finite) leave only
+        those prompts out; the log says which.
+        """
+        ids = [q.id for q in self._prompts[server_round]]
+        answers, reason = check_answers(message.content, ids, self.app.fedsem.max_answer_chars)
+        if answers is not None and answers.problems:
+            log(
+                WARNING,
+                "round %d: node %d left out of %d prompt(s): %s",
+                server_round,
+                message.metadata.src_node_id,
+                len(answers.problems),
+                "; ".join(answers.problems[:3]) + ("; ..." if len(answers.problems) > 3 else ""),
+            )
+        return answers, reason
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate answers, embed them, form the consensus and keep the pseudo-labels."""
-        t0 = time.perf_counter()
-        prompts = self._prompts.pop(server_round)
-        ids = [q.id for q in prompts]
-        kept, dropped = self.usable(server_round, replies, "train", TRAIN_METRICS)
-        voters: list[tuple[Message, ValidAnswers]] = []
-        for msg in kept:
-            answers, reason = check_answers(msg.content, ids, self.app.fedsem.max_answer_chars)
-            node = msg.metadata.src_node_id
-            if answers is None:
-                dropped += 1
-                log(
-                    WARNING,
-                    "round %d train: dropped reply of node %d: %s",
-                    server_round,
-                    node,
-                    reason,
-                )
-                continue
-            if answers.problems:
-                log(
-                    WARNING,
-                    "round %d: node %d left out of %d prompt(s): %s",
-                    server_round,
-                    node,
-                    len(answers.problems),
-                    "; ".join(answers.problems[:3])
-                    + ("; ..." if len(answers.problems) > 3 else ""),
-                )
-            voters.append((msg, answers))
+        """The shared pipeline; this round's prompts are forgotten afterwards."""
+        try:
+            return super().aggregate_train(server_round, replies)
+        finally:
+            self._prompts.pop(server_round, None)
 
-        extra: dict[str, Any] = {}
-        self._node_shares = {}
-        if self.enough(server_round, "train", len(voters)):
-            extra = self._consensus(server_round, prompts, voters)
-        extra["server-seconds"] = time.perf_counter() - t0
-        metrics = self.record_train(
-            server_round,
-            [m for m, _ in voters],
-            dropped,
-            extra,
-            per_client={n: {"pick-share": s} for n, s in self._node_shares.items()},
-        )
-        return None, metrics
+    def combine(self, server_round: int, vetted: list[Vetted]) -> Combined:
+        """Embed the answers, form the consensus and keep the pseudo-labels."""
+        return self._consensus(server_round, self._prompts[server_round], vetted)
 
     def _consensus(
-        self, server_round: int, prompts: list[QAPair], voters: list[tuple[Message, ValidAnswers]]
-    ) -> dict[str, Any]:
+        self, server_round: int, prompts: list[QAPair], voters: list[Vetted]
+    ) -> Combined:
         cfg = self.app.fedsem
         texts, answered, confidences, finished = answer_grid([a for _, a in voters])
         mask = answered if cfg.vote_unfinished else answered & finished
@@ -322,7 +304,6 @@ class FedSem(AppStrategy):
         ]
         nodes = [m.metadata.src_node_id for m, _ in voters]
         shares = pick_shares(texts, result.index)
-        self._node_shares = {n: float(s) for n, s in zip(nodes, shares, strict=True)}
         by_model: dict[str, float] = {}
         for owner, share in zip(owners, shares, strict=True):
             by_model[f"pick-share-{owner}"] = by_model.get(f"pick-share-{owner}", 0.0) + share
@@ -353,7 +334,7 @@ class FedSem(AppStrategy):
             ],
         )
         valid_agreement = result.agreement[~result.abstained]
-        return {
+        extra = {
             "pseudo-labels": len(self.pseudo_labels),
             "pseudo-unfinished": len(self.unfinished),
             "prompts-labelled": len(chosen),
@@ -365,3 +346,5 @@ class FedSem(AppStrategy):
             "consensus-seconds": consensus_seconds,
             "answers-masked": int((~mask).sum()),
         }
+        per_client = {n: {"pick-share": float(s)} for n, s in zip(nodes, shares, strict=True)}
+        return Combined(extra=extra, per_client=per_client)

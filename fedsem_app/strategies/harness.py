@@ -1,22 +1,36 @@
-"""Common ground of every strategy in the app: evaluation, reply checks, run log.
+"""The round pipeline every strategy of the app runs, and its shared evaluation.
 
 Runs on the server.
 
-All strategies extend Flower's :class:`~flwr.serverapp.strategy.FedAvg` (node
-sampling, message construction, weighted metric averaging) through
-:class:`AppStrategy`, which adds what makes runs comparable: the same held-out
-test prompts in every evaluate message, the same reply validation, and one
-:class:`~fedsem_app.run.results.RunLog` row per round.
+:class:`AppStrategy` is a Flower :class:`~flwr.serverapp.strategy.Strategy` that
+composes one of Flower's own strategies (:attr:`AppStrategy.flower`, FedAvg
+unless a strategy picks another) for what Flower already does: sampling nodes,
+building the train and evaluate messages of the parameter strategies, averaging
+adapters and metrics. Around it, each round takes the same steps for every
+strategy, written once here:
+
+1. ``configure_train``: open the round's row in the run log, then the strategy's
+   :meth:`AppStrategy.train_messages`.
+2. ``aggregate_train``: drop error replies and replies without finite metrics
+   (logged with their node), let the strategy :meth:`AppStrategy.vet` each reply
+   that is left, check that enough remain, let the strategy
+   :meth:`AppStrategy.combine` them, and record the metrics.
+3. ``configure_evaluate`` / ``aggregate_evaluate``: the same held-out test
+   prompts in every evaluate message, the same checks, and the round's row closed.
+
+A strategy supplies only what differs: what it sends, how it vets a reply and
+how it combines the vetted ones.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any, ClassVar
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
@@ -34,6 +48,29 @@ from fedsem_app.wire import pack_texts
 EVAL_METRICS = (p.NUM_EXAMPLES, p.ROUGE_L, p.EMBED_SIM, p.NLL)
 TRAIN_METRICS = (p.NUM_EXAMPLES, p.TRAIN_LOSS)
 
+# A reply that passed a strategy's vetting, with what the strategy read from it
+# (FedSem: the aligned answers; None where the reply itself is all it needs).
+Vetted = tuple[Message, Any]
+
+
+@dataclass
+class Combined:
+    """What a strategy's :meth:`~AppStrategy.combine` gives back to the round pipeline.
+
+    Attributes
+    ----------
+    arrays
+        The new global arrays, or None (text strategies, or nothing to combine).
+    extra
+        Columns added to the round's row (e.g. FedSem's consensus statistics).
+    per_client
+        Server-side numbers added to each client's row, by node id (pick-share).
+    """
+
+    arrays: ArrayRecord | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    per_client: dict[int, dict[str, Any]] = field(default_factory=dict)
+
 
 def qa_record(pairs: Iterable[Any], with_answers: bool = True, codec: str = "none") -> ConfigRecord:
     """Pack QA pairs as parallel lists (ConfigRecords hold same-type lists only).
@@ -49,8 +86,13 @@ def qa_record(pairs: Iterable[Any], with_answers: bool = True, codec: str = "non
     return record
 
 
-class AppStrategy(FedAvg):
-    """FedAvg plus the app's shared evaluation, validation and bookkeeping.
+def messages(content: RecordDict, node_ids: Iterable[int], message_type: str) -> list[Message]:
+    """One message of ``message_type`` per node, all carrying the same content."""
+    return [Message(content=content, dst_node_id=n, message_type=message_type) for n in node_ids]
+
+
+class AppStrategy(Strategy):
+    """The app's round pipeline around one of Flower's strategies.
 
     Parameters
     ----------
@@ -60,6 +102,9 @@ class AppStrategy(FedAvg):
         The server's view of the data: test prompts and public prompts.
     run_log
         Where per-round rows go.
+    **sampling
+        Overrides of the Flower strategy's arguments (``fraction_train`` ...);
+        by default they come from the run config.
 
     Notes
     -----
@@ -76,33 +121,64 @@ class AppStrategy(FedAvg):
     # The client names of a federation spec: round 0 checks the nodes against them.
     expected_clients: tuple[str, ...] = ()
 
-    def __init__(self, app: AppConfig, split: DataSplit, run_log: RunLog, **fedavg: Any) -> None:
-        # Flower's FedAvg samples the nodes of every round (fraction, at least the floor).
-        fedavg.setdefault("fraction_train", app.fraction_train)
-        fedavg.setdefault("fraction_evaluate", app.fraction_evaluate)
-        fedavg.setdefault("min_train_nodes", app.train_floor)
-        fedavg.setdefault("min_evaluate_nodes", app.evaluate_floor)
-        fedavg.setdefault(
-            "min_available_nodes", max(app.min_clients, app.train_floor, app.evaluate_floor)
-        )
-        super().__init__(
-            weighted_by_key=p.NUM_EXAMPLES,
-            arrayrecord_key=p.ADAPTER,
-            configrecord_key=p.TRAIN_CONFIG,
-            **fedavg,
-        )
+    def __init__(self, app: AppConfig, split: DataSplit, run_log: RunLog, **sampling: Any) -> None:
         self.app = app
         self.split = split
         self.run_log = run_log
+        self.flower = self.flower_strategy(**self.flower_arguments(**sampling))
         self._test = qa_record(split.test[: app.eval.num_prompts or None])  # 0: all
         self.first_round = 1  # a resumed run starts after its checkpoint's round
+
+    # --- the Flower strategy this one composes ----------------------------------------
+    def flower_arguments(self, **overrides: Any) -> dict[str, Any]:
+        """Arguments of every Flower strategy built here: sampling and record keys."""
+        app = self.app
+        arguments = {
+            # Flower samples the nodes of every round (fraction, at least the floor).
+            "fraction_train": app.fraction_train,
+            "fraction_evaluate": app.fraction_evaluate,
+            "min_train_nodes": app.train_floor,
+            "min_evaluate_nodes": app.evaluate_floor,
+            "min_available_nodes": max(app.min_clients, app.train_floor, app.evaluate_floor),
+            **overrides,
+        }
+        return {
+            "weighted_by_key": p.NUM_EXAMPLES,
+            "arrayrecord_key": p.ADAPTER,
+            "configrecord_key": p.TRAIN_CONFIG,
+            **arguments,
+        }
+
+    def flower_strategy(self, **arguments: Any) -> FedAvg:
+        """The Flower strategy that samples, builds messages and averages (FedAvg here)."""
+        return FedAvg(**arguments)
 
     # --- helpers for subclasses ----------------------------------------------------
     def sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
         """Sample node ids as FedAvg does (fraction of connected nodes, at least ``minimum``)."""
         num_nodes = int(len(list(grid.get_node_ids())) * fraction)
-        node_ids, _ = sample_nodes(grid, self.min_available_nodes, max(num_nodes, minimum))
+        node_ids, _ = sample_nodes(grid, self.flower.min_available_nodes, max(num_nodes, minimum))
         return node_ids
+
+    def train_nodes(self, grid: Grid) -> list[int]:
+        """Nodes that train this round: a FedAvg-style sample (all by default)."""
+        return self.sample(grid, self.flower.fraction_train, self.flower.min_train_nodes)
+
+    def evaluate_nodes(self, grid: Grid) -> list[int]:
+        """Nodes evaluated this round: a FedAvg-style sample (all by default)."""
+        return self.sample(grid, self.flower.fraction_evaluate, self.flower.min_evaluate_nodes)
+
+    @staticmethod
+    def drop(server_round: int, phase: str, message: Message, reason: str) -> None:
+        """Log a reply the round cannot use, with its node and why."""
+        log(
+            WARNING,
+            "round %d %s: dropped reply of node %d: %s",
+            server_round,
+            phase,
+            message.metadata.src_node_id,
+            reason,
+        )
 
     def usable(
         self, server_round: int, replies: Iterable[Message], phase: str, required: Iterable[str]
@@ -122,14 +198,7 @@ class AppStrategy(FedAvg):
             reason = reply_error(msg) or check_metrics(msg.content, required)
             if reason:
                 dropped += 1
-                log(
-                    WARNING,
-                    "round %d %s: dropped reply of node %d: %s",
-                    server_round,
-                    phase,
-                    msg.metadata.src_node_id,
-                    reason,
-                )
+                self.drop(server_round, phase, msg, reason)
             else:
                 kept.append(msg)
         return kept, dropped
@@ -189,7 +258,7 @@ class AppStrategy(FedAvg):
             row.update((per_client or {}).get(row["node"], {}))
         self.run_log.add_clients(server_round, "train", rows)
         metrics = (
-            self.train_metrics_aggr_fn([m.content for m in replies], p.NUM_EXAMPLES)
+            self.flower.train_metrics_aggr_fn([m.content for m in replies], p.NUM_EXAMPLES)
             if replies
             else MetricRecord()
         )
@@ -280,7 +349,7 @@ class AppStrategy(FedAvg):
             from fedsem_app.strategies.dp import wrap
 
             # Flower's DP wrapper sits in the round loop only (round 0 releases nothing).
-            num_clients = len(self.sample(grid, self.fraction_train, self.min_train_nodes))
+            num_clients = len(self.train_nodes(grid))
             rounds = wrap(self, self.app.dp, num_clients)
         shifted = RoundShift(rounds, offset, self.save_checkpoint)
         if evaluate_fn is not None:
@@ -363,28 +432,27 @@ class AppStrategy(FedAvg):
             len(self.expected_clients),
         )
 
-    # --- Strategy interface ----------------------------------------------------------
-    def configure_train(
+    # --- what a strategy supplies ----------------------------------------------------
+    def train_messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Start the round's row, then configure training as FedAvg does."""
-        self.run_log.start_round(server_round)
-        return super().configure_train(server_round, arrays, config, grid)
+        """The round's train messages: Flower's (sampled nodes, arrays and config)."""
+        return self.flower.configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate replies, then aggregate with FedAvg (adapters weighted by examples)."""
-        t0 = time.perf_counter()
-        kept, dropped = self.usable(server_round, replies, "train", TRAIN_METRICS)
-        vetted = [m for m in kept if self.check_adapter(server_round, m)]
-        dropped += len(kept) - len(vetted)
-        kept, arrays = vetted, None
-        if self.enough(server_round, "train", len(kept)):
-            arrays = self.combine(server_round, kept)
-        extra = {"server-seconds": time.perf_counter() - t0, **self.round_extras(server_round)}
-        metrics = self.record_train(server_round, kept, dropped, extra)
-        return arrays, metrics
+    def vet(self, server_round: int, message: Message) -> tuple[Any, str | None]:
+        """Check a usable train reply: what the strategy reads from it, or why it cannot.
+
+        Returns
+        -------
+        tuple
+            ``(payload, None)`` for a reply to combine (the payload is passed on
+            to :meth:`combine`), ``(None, reason)`` for one to drop.
+        """
+        return None, None
+
+    def combine(self, server_round: int, vetted: list[Vetted]) -> Combined:
+        """Combine the vetted replies of a round (nothing to combine by default)."""
+        return Combined()
 
     def round_extras(self, server_round: int) -> dict[str, Any]:
         """Extra columns of a training round's row (none here; the DP epsilon in FedAvgLora)."""
@@ -394,20 +462,46 @@ class AppStrategy(FedAvg):
         """What ``summary.json`` says about DP (nothing unless the strategy adds noise)."""
         return {}
 
-    def combine(self, server_round: int, replies: list[Message]) -> ArrayRecord | None:
-        """Combine vetted replies' arrays: FedAvg's weighted mean unless overridden."""
-        arrays, _ = super().aggregate_train(server_round, replies)
-        return arrays
+    # --- Strategy interface: the round pipeline ----------------------------------------
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Open the round's row, then send the strategy's train messages."""
+        self.run_log.start_round(server_round)
+        return self.train_messages(server_round, arrays, config, grid)
 
-    def check_adapter(self, server_round: int, message: Message) -> bool:
-        """Hook for parameter strategies to vet a returned adapter (default: accept)."""
-        return True
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Keep the usable replies, vet them, combine them if enough remain, record."""
+        t0 = time.perf_counter()
+        kept, dropped = self.usable(server_round, replies, "train", TRAIN_METRICS)
+        vetted: list[Vetted] = []
+        for msg in kept:
+            payload, reason = self.vet(server_round, msg)
+            if reason is None:
+                vetted.append((msg, payload))
+            else:
+                dropped += 1
+                self.drop(server_round, "train", msg, reason)
+        combined = Combined()
+        if self.enough(server_round, "train", len(vetted)):
+            combined = self.combine(server_round, vetted)
+        extra = {
+            **combined.extra,
+            "server-seconds": time.perf_counter() - t0,
+            **self.round_extras(server_round),
+        }
+        metrics = self.record_train(
+            server_round, [m for m, _ in vetted], dropped, extra, combined.per_client
+        )
+        return combined.arrays, metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """FedAvg's evaluate messages plus the shared held-out test prompts."""
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        """Flower's evaluate messages plus the shared held-out test prompts."""
+        messages = list(self.flower.configure_evaluate(server_round, arrays, config, grid))
         for msg in messages:
             msg.content[p.TEST] = self._test
             # Text strategies: no adapter, not even an empty record (messages may share
@@ -423,7 +517,7 @@ class AppStrategy(FedAvg):
         required = EVAL_METRICS if self.app.eval.generate else (p.NUM_EXAMPLES, p.NLL)
         kept, dropped = self.usable(server_round, replies, "evaluate", required)
         self.run_log.add_clients(server_round, "evaluate", self.client_rows(kept))
-        metrics = super().aggregate_evaluate(server_round, kept) if kept else None
+        metrics = self.flower.aggregate_evaluate(server_round, kept) if kept else None
         row: dict[str, Any] = {"eval-replies": len(kept), "eval-dropped": dropped}
         if metrics is not None:
             # Per-prompt lists become intervals; the row keeps numbers only.
@@ -440,7 +534,7 @@ class AppStrategy(FedAvg):
             INFO,
             "\t├── min clients: %d, fraction train: %.2f, fraction evaluate: %.2f",
             self.app.min_clients,
-            self.fraction_train,
-            self.fraction_evaluate,
+            self.flower.fraction_train,
+            self.flower.fraction_evaluate,
         )
         log(INFO, "\t└── test prompts: %d", len(self._test[p.IDS]))

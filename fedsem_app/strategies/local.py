@@ -5,17 +5,16 @@ Runs on the server.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from logging import INFO
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedsem_app import protocol as p
 from fedsem_app.strategies import register_strategy
-from fedsem_app.strategies.harness import TRAIN_METRICS, AppStrategy
+from fedsem_app.strategies.harness import AppStrategy, messages
 
 
 @register_strategy("local")
@@ -45,37 +44,14 @@ class Local(AppStrategy):
         See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
 
-    # --- which nodes take part (subclasses pick differently) ---------------------
-    def train_nodes(self, grid: Grid) -> list[int]:
-        """Nodes that train this round: a FedAvg-style sample (all by default)."""
-        return self.sample(grid, self.fraction_train, self.min_train_nodes)
-
-    def evaluate_nodes(self, grid: Grid) -> list[int]:
-        """Nodes evaluated this round: a FedAvg-style sample (all by default)."""
-        return self.sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)
-
-    # --- Strategy interface ----------------------------------------------------------
-    def configure_train(
+    def train_messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the round number only (FedAvg would also send an ArrayRecord)."""
-        self.run_log.start_round(server_round)
-        config[p.ROUND] = server_round
+        config.update(p.TrainRequest(server_round=server_round).to_config())
         node_ids = self.train_nodes(grid)
         log(INFO, "configure_train: %d nodes train on their own data", len(node_ids))
-        content = RecordDict({p.TRAIN_CONFIG: config})
-        return self._construct_messages(content, node_ids, MessageType.TRAIN)
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate the replies and record their metrics; there is nothing to aggregate."""
-        t0 = time.perf_counter()
-        kept, dropped = self.usable(server_round, replies, "train", TRAIN_METRICS)
-        metrics = self.record_train(
-            server_round, kept, dropped, {"server-seconds": time.perf_counter() - t0}
-        )
-        return None, metrics
+        return messages(RecordDict({p.TRAIN_CONFIG: config}), node_ids, MessageType.TRAIN)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -83,4 +59,4 @@ class Local(AppStrategy):
         """Send the shared test prompts; each client evaluates its own adapter."""
         config[p.ROUND] = server_round
         content = RecordDict({p.TRAIN_CONFIG: config, p.TEST: self._test})
-        return self._construct_messages(content, self.evaluate_nodes(grid), MessageType.EVALUATE)
+        return messages(content, self.evaluate_nodes(grid), MessageType.EVALUATE)

@@ -65,7 +65,7 @@ class Pooled(Local):
     def connected(self, grid: Grid) -> list[int]:
         """Connected node ids, once at least min-clients are connected."""
         # sample_nodes with a sample size of 0 only waits for min-clients nodes to connect.
-        return sample_nodes(grid, self.min_available_nodes, 0)[1]
+        return sample_nodes(grid, self.flower.min_available_nodes, 0)[1]
 
     def pooled_node(self, grid: Grid) -> int:
         """The node that holds the pooled model: the lowest id, kept while it is connected."""
@@ -89,13 +89,13 @@ class Pooled(Local):
         """The pooled node only."""
         return [self.pooled_node(grid)]
 
-    def configure_train(
+    def train_messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Ask the pooled node to train on every partition with the federation's steps."""
         steps = self.app.train.local_steps * len(self.connected(grid))
         config.update(p.TrainRequest(train_data=p.ALL_PARTITIONS, local_steps=steps).to_config())
-        messages = super().configure_train(server_round, arrays, config, grid)
+        messages = super().train_messages(server_round, arrays, config, grid)
         log(WARNING, "%s (node %d)", NOT_FEDERATED, self.node_id)
         return messages
 

@@ -10,11 +10,11 @@ with the node id and count the drops in the round metrics.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsem_app import protocol as p
 from fedsem_app.wire import WireError, unpack_texts
@@ -139,3 +139,51 @@ def check_answers(
     conf_arr = np.array([c if math.isfinite(c) else 0.0 for c in confs], dtype=np.float32)
     conf_arr[~valid] = 0.0
     return ValidAnswers(clean, conf_arr, valid, np.array(flags, dtype=bool), problems), None
+
+
+# Layout of an adapter: tensor name -> (shape, dtype), as Flower's Array describes them.
+Layout = dict[str, tuple[tuple[int, ...], str]]
+
+
+def adapter_layout(arrays: Mapping[str, Array]) -> Layout:
+    """Shape and dtype of every tensor of an adapter record."""
+    return {key: (tuple(array.shape), array.dtype) for key, array in arrays.items()}
+
+
+def adapter_problem(content, expected: Layout) -> str | None:
+    """Why a reply's adapter cannot be averaged into the global one, or None if it can.
+
+    Parameters
+    ----------
+    content
+        The reply's RecordDict.
+    expected
+        Layout of the global adapter that was sent (see :func:`adapter_layout`).
+
+    Returns
+    -------
+    str or None
+        The first problem found: a missing or extra record, keys, shapes or dtypes
+        that differ from the global adapter, or non-finite values.
+    """
+    record = content.get(p.ADAPTER)
+    if not isinstance(record, ArrayRecord):
+        return f"reply has no ArrayRecord '{p.ADAPTER}'"
+    if len(content.array_records) != 1:
+        # FedAvg averages every ArrayRecord of a reply: a second one would be mixed in.
+        return f"reply holds {len(content.array_records)} ArrayRecords, expected only '{p.ADAPTER}'"
+    missing = [key for key in expected if key not in record]
+    if missing:
+        return f"adapter misses {len(missing)} tensor(s), first: {missing[0]!r}"
+    extra = [key for key in record if key not in expected]
+    if extra:
+        return f"adapter has {len(extra)} unexpected tensor(s), first: {extra[0]!r}"
+    for key, array in record.items():
+        shape, dtype = expected[key]
+        if tuple(array.shape) != shape:
+            return f"tensor {key!r} has shape {tuple(array.shape)}, expected {shape}"
+        if array.dtype != dtype:
+            return f"tensor {key!r} has dtype {array.dtype}, expected {dtype}"
+        if not np.isfinite(array.numpy()).all():
+            return f"tensor {key!r} holds non-finite values"
+    return None
