@@ -114,9 +114,8 @@ def text_part(args: argparse.Namespace, test) -> list[dict]:
                     rule,
                     torch.from_numpy(vectors),
                     mask,
+                    options=dict(cfg.rule_options).get(rule),
                     confidences=conf,
-                    cluster_threshold=cfg.cluster_threshold,
-                    confidence_weight=cfg.confidence_weight,
                 )
                 picks = [grid_texts[int(k)][i] for i, k in enumerate(result.index)]
                 rows.append(

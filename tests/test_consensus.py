@@ -10,6 +10,13 @@ from hypothesis.extra.numpy import arrays
 from fedsem_app.config.errors import ConfigError
 from fedsem_app.config.sections import FedSemConfig
 from fedsem_app.strategies.consensus import CONSENSUS_RULES, consensus, pairwise_cosine
+from fedsem_app.strategies.consensus_rules import ClusterOptions, ConfidenceOptions
+
+
+def threshold_options(rule, threshold):
+    """The cluster rule's threshold; the other rules take their own (default) options."""
+    return ClusterOptions(threshold) if rule == "cluster" else None
+
 
 COS10 = math.cos(math.radians(10))  # 0.98481
 COS80 = math.cos(math.radians(80))  # 0.17365
@@ -84,7 +91,7 @@ def test_cluster_picks_medoid_of_densest_neighbourhood():
     # neighbourhood sizes (self included): a0 2, a1 3, a2 2, a3 1 -> anchor a1 = {0, 1, 2}
     # within {0, 1, 2}: a0 = (0.985 + 0.5) / 2 = 0.742, a1 = (0.985 + 0.643) / 2 = 0.814,
     # a2 = (0.5 + 0.643) / 2 = 0.571 -> a1; agreement over all valid answers = 0.429
-    result = consensus("cluster", QUAD, all_valid(QUAD), cluster_threshold=0.6)
+    result = consensus("cluster", QUAD, all_valid(QUAD), options=ClusterOptions(0.6))
     assert result.index.tolist() == [1]
     assert result.agreement[0] == pytest.approx(QUAD_A1)
 
@@ -93,14 +100,14 @@ def test_cluster_ties_go_to_the_most_central_anchor_then_lowest_index():
     # TRIO, threshold 0.7 links only (0,10): sizes a0 2, a1 2, a2 1.
     # Anchors a0 and a1 tie on size; a1 is more central (0.579 > 0.492) -> {0, 1}.
     # Within {0, 1} both have cosine cos10 to the other: tie -> lowest index 0.
-    result = consensus("cluster", TRIO, all_valid(TRIO), cluster_threshold=0.7)
+    result = consensus("cluster", TRIO, all_valid(TRIO), options=ClusterOptions(0.7))
     assert result.index.tolist() == [0]
     assert result.agreement[0] == pytest.approx(A0)
 
 
 def test_cluster_without_any_link_falls_back_to_medoid():
     # threshold 0.99 > every cosine: singletons, anchor = most central = medoid's a2
-    result = consensus("cluster", QUAD, all_valid(QUAD), cluster_threshold=0.99)
+    result = consensus("cluster", QUAD, all_valid(QUAD), options=ClusterOptions(0.99))
     assert result.index.tolist() == [2]
 
 
@@ -162,10 +169,14 @@ def test_confidence_rule_flips_choice_when_weight_is_high():
     # w = 0.8:  a0 = 0.2*0.492 + 0.8*0.905 = 0.822,  a1 = 0.2*0.579 + 0.8*0.135 = 0.224  -> a0
     confidences = np.array([[-0.1, -2.0, -2.0]])
     low = consensus(
-        "confidence", TRIO, all_valid(TRIO), confidences=confidences, confidence_weight=0.05
+        "confidence",
+        TRIO,
+        all_valid(TRIO),
+        confidences=confidences,
+        options=ConfidenceOptions(0.05),
     )
     high = consensus(
-        "confidence", TRIO, all_valid(TRIO), confidences=confidences, confidence_weight=0.8
+        "confidence", TRIO, all_valid(TRIO), confidences=confidences, options=ConfidenceOptions(0.8)
     )
     assert low.index.tolist() == [1]
     assert high.index.tolist() == [0]
@@ -195,7 +206,7 @@ def test_batched_equals_per_prompt(rule):
     embeddings = rng.normal(size=(6, 5, 8))
     mask = rng.random((6, 5)) < 0.7
     confidences = -rng.random((6, 5)) * 3
-    options = {"cluster_threshold": 0.2, "min_agreement": 0.0}
+    options = {"options": threshold_options(rule, 0.2), "min_agreement": 0.0}
     batched = consensus(rule, embeddings, mask, confidences=confidences, **options)
     for p in range(6):
         single = consensus(
@@ -234,7 +245,7 @@ def test_property_choice_is_a_valid_answer(data, rule, threshold, min_agreement)
         embeddings,
         mask,
         confidences=confidences,
-        cluster_threshold=threshold,
+        options=threshold_options(rule, threshold),
         min_agreement=min_agreement,
     )
     assert np.all(np.isfinite(result.agreement))

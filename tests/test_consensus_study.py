@@ -16,6 +16,7 @@ from fedsem_app.run.meter import MeteredGrid
 from fedsem_app.run.results import RunLog, make_run_folder
 from fedsem_app.strategies import get_strategy_class
 from fedsem_app.strategies.consensus import consensus, text_key
+from fedsem_app.strategies.consensus_rules import ClusterOptions
 from fedsem_app.strategies.fedsem import pick_shares
 from fedsem_app.tools.comparison import RunRecord
 from fedsem_app.tools.study import (
@@ -42,8 +43,9 @@ def test_two_answers_go_to_the_more_confident_one_in_either_node_order(rule):
     # medoid/centroid, and two singletons for cluster at threshold 0.9. Client B
     # (log-prob -0.2) is more confident than A (-1.0): B wins wherever it sits.
     emb, mask = pair(0, 40), np.ones((1, 2), bool)
-    ab = consensus(rule, emb, mask, confidences=[[-1.0, -0.2]], cluster_threshold=0.9)
-    ba = consensus(rule, emb[:, ::-1], mask, confidences=[[-0.2, -1.0]], cluster_threshold=0.9)
+    options = ClusterOptions(0.9) if rule == "cluster" else None
+    ab = consensus(rule, emb, mask, confidences=[[-1.0, -0.2]], options=options)
+    ba = consensus(rule, emb[:, ::-1], mask, confidences=[[-0.2, -1.0]], options=options)
     assert ab.index.tolist() == [1] and ba.index.tolist() == [0]
     assert ab.agreement[0] == pytest.approx(math.cos(math.radians(40)))
 

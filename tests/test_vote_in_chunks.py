@@ -54,9 +54,8 @@ def test_blocks_choose_like_one_call(rule, chunk_texts):
         make_fake_embed(whole_calls)(texts, mask, cfg.embedder),
         torch.from_numpy(mask),
         confidences=torch.from_numpy(confidences),
+        options=cfg.consensus_options,
         min_agreement=0.1,
-        cluster_threshold=cfg.cluster_threshold,
-        confidence_weight=cfg.confidence_weight,
     )
     calls: list[int] = []
     chunked, embed_s, vote_s = vote_in_chunks(

@@ -128,7 +128,10 @@ class AppConfig:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 for sub in dataclasses.fields(value):
-                    flat[f"{f.name}.{flat_key(sub.name)}"] = _to_wire(getattr(value, sub.name))
+                    if sub.metadata.get("rule_options"):
+                        flat.update(flat_rule_options(getattr(value, sub.name)))
+                    else:
+                        flat[f"{f.name}.{flat_key(sub.name)}"] = _to_wire(getattr(value, sub.name))
             else:
                 flat[flat_key(f.name)] = _to_wire(value)
         return flat
@@ -171,6 +174,37 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
     raise TypeError(f"unsupported config type {annotation!r} for {key}")
 
 
+def read_rule_options(run_config: typing.Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Every consensus rule's options object from its ``fedsem.<rule>-<option>`` keys.
+
+    The keys come from the rule registry, so a rule declares its options once, next
+    to its scoring function; missing keys take the options' defaults.
+    """
+    from fedsem_app.config.sections import default_rule_options
+    from fedsem_app.strategies.consensus import rule_option_keys
+
+    keys = rule_option_keys()
+    options = []
+    for rule, default in default_rule_options():
+        hints = typing.get_type_hints(type(default))
+        given = {
+            name: coerce(key, run_config[key], hints[name])
+            for key, (owner, name) in keys.items()
+            if owner == rule and key in run_config
+        }
+        options.append((rule, dataclasses.replace(default, **given)))  # validates again
+    return tuple(options)
+
+
+def flat_rule_options(rule_options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """The run-config keys of :func:`read_rule_options`' result (its inverse)."""
+    return {
+        f"fedsem.{rule}-{flat_key(f.name)}": getattr(options, f.name)
+        for rule, options in rule_options
+        for f in dataclasses.fields(options)
+    }
+
+
 def known_keys() -> set[str]:
     """All run-config keys the app understands."""
     return set(AppConfig().to_flat())
@@ -207,7 +241,9 @@ def load_app_config(run_config: typing.Mapping[str, Any]) -> AppConfig:
             kwargs = {}
             for sub in dataclasses.fields(section_type):
                 key = f"{f.name}.{flat_key(sub.name)}"
-                if key in run_config:
+                if sub.metadata.get("rule_options"):
+                    kwargs[sub.name] = read_rule_options(run_config)
+                elif key in run_config:
                     kwargs[sub.name] = coerce(key, run_config[key], hints[sub.name])
             top[f.name] = section_type(**kwargs)
         elif flat_key(f.name) in run_config:

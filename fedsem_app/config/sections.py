@@ -6,8 +6,9 @@ rules, ...) are not listed here: each check asks the registry that implements th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fedsem_app.config.errors import DEFAULT_HOME, check, check_choice
 
@@ -129,6 +130,14 @@ class DataConfig:
         check(self.dirichlet_alpha > 0, "data.dirichlet-alpha", "must be positive")
 
 
+def default_rule_options() -> tuple[tuple[str, Any], ...]:
+    """Every registered consensus rule that has options, with its default options."""
+    from fedsem_app.strategies.consensus import CONSENSUS_RULES, rule_option_keys
+
+    rules = sorted({rule for rule, _ in rule_option_keys().values()})
+    return tuple((rule, CONSENSUS_RULES[rule].options()) for rule in rules)
+
+
 @dataclass(frozen=True)
 class FedSemConfig:
     """Semantic-consensus settings (used by the ``fedsem`` strategy)."""
@@ -136,8 +145,6 @@ class FedSemConfig:
     prompts_per_round: int = 16
     consensus: str = "medoid"
     min_agreement: float = 0.0
-    cluster_threshold: float = 0.7
-    confidence_weight: float = 0.5
     embedder: str = "all-MiniLM-L6-v2"
     max_answer_chars: int = 2000
     wire_compression: str = "none"
@@ -153,6 +160,20 @@ class FedSemConfig:
     # Prompts per round whose every answer goes to consensus_samples.jsonl (0: all of
     # them, e.g. to audit what the server received, as bench/privacy.py does).
     samples_per_round: int = 5
+    # Every consensus rule's own options object, as (rule, options) pairs: run-config
+    # keys fedsem.<rule>-<option>, declared by the rule (strategies.consensus), not here.
+    rule_options: tuple[tuple[str, Any], ...] = field(
+        default_factory=lambda: default_rule_options(), metadata={"rule_options": True}
+    )
+
+    @property
+    def consensus_options(self) -> Any:
+        """The options object of the configured rule (its defaults if it has none set)."""
+        from fedsem_app.strategies.consensus import CONSENSUS_RULES
+
+        return (
+            dict(self.rule_options).get(self.consensus) or CONSENSUS_RULES[self.consensus].options()
+        )
 
     def __post_init__(self) -> None:
         check(self.prompts_per_round > 0, "fedsem.prompts-per-round", "must be positive")
@@ -163,8 +184,6 @@ class FedSemConfig:
         CODECS.check(self.wire_compression)
         CONSENSUS_RULES.check(self.consensus)
         check(-1 <= self.min_agreement <= 1, "fedsem.min-agreement", "must be in [-1, 1]")
-        check(-1 <= self.cluster_threshold <= 1, "fedsem.cluster-threshold", "must be in [-1, 1]")
-        check(0 <= self.confidence_weight <= 1, "fedsem.confidence-weight", "must be in [0, 1]")
         check(self.max_answer_chars > 0, "fedsem.max-answer-chars", "must be positive")
         check(
             self.samples_per_round >= 0,

@@ -33,13 +33,20 @@ Conventions shared by every rule:
   ``num_valid`` to require more voters). A prompt without valid answers has
   agreement 0.0, index -1 and is abstained.
 * A prompt abstains where ``agreement < min_agreement``; its index is then -1.
+
+A rule is a scoring function plus, if it has any, its own frozen options class,
+registered together with :func:`consensus_rule` (the rules are in
+:mod:`fedsem_app.strategies.consensus_rules`). An option ``x`` of rule ``r`` is
+the run-config key ``fedsem.r-x`` (``fedsem.cluster-threshold``); the config reads
+it through :func:`rule_option_keys`, and pyproject.toml declares its default.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,7 +83,7 @@ class ConsensusResult:
 
 @dataclass(frozen=True)
 class ConsensusInputs:
-    """What a rule sees: normalised embeddings, their cosines and the options.
+    """What a rule sees: normalised embeddings, their cosines and the mask.
 
     Attributes
     ----------
@@ -88,8 +95,6 @@ class ConsensusInputs:
         ``(P, K)`` bool mask of valid answers.
     confidences
         ``(P, K)`` mean token log-probabilities, or None when not given.
-    cluster_threshold, confidence_weight
-        Options of the ``cluster`` and ``confidence`` rules.
     tie_keys
         ``(P, K)`` tensors that break ties between equal scores, most important
         first (confidences, then text keys, where given); see :func:`choose`.
@@ -100,15 +105,59 @@ class ConsensusInputs:
     similarity: torch.Tensor
     valid: torch.Tensor
     confidences: torch.Tensor | None
-    cluster_threshold: float
-    confidence_weight: float
     tie_keys: tuple[torch.Tensor, ...] = ()
 
 
-# A rule maps the inputs to (P, K) scores; the answer with the highest score wins.
-# Scores of invalid answers are ignored (the caller masks them).
-ConsensusRule = Callable[[ConsensusInputs], torch.Tensor]
-CONSENSUS_RULES: Registry[ConsensusRule] = Registry("consensus rule", key="fedsem.consensus")
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a rule that has none."""
+
+
+@dataclass(frozen=True)
+class ConsensusRule:
+    """A registered rule: its scoring function and its options class.
+
+    Attributes
+    ----------
+    score
+        ``fn(inputs, options) -> (P, K)`` scores; the answer with the highest score
+        wins. Scores of invalid answers are ignored (the caller masks them).
+    options
+        A frozen dataclass whose defaults are the rule's defaults; it validates
+        its values in ``__post_init__``.
+    """
+
+    score: Callable[[ConsensusInputs, Any], torch.Tensor]
+    options: type = NoOptions
+
+
+# The rules live in consensus_rules.py (one function and its options each), imported
+# on the first lookup.
+CONSENSUS_RULES: Registry[ConsensusRule] = Registry(
+    "consensus rule", key="fedsem.consensus", modules=["fedsem_app.strategies.consensus_rules"]
+)
+
+
+def consensus_rule(name: str, options: type = NoOptions):
+    """Decorator: register ``fn(inputs, options)`` as the rule ``name`` with its options."""
+
+    def decorator(fn: Callable[[ConsensusInputs, Any], torch.Tensor]):
+        CONSENSUS_RULES.register(name, ConsensusRule(fn, options))
+        return fn
+
+    return decorator
+
+
+def rule_option_keys() -> dict[str, tuple[str, str]]:
+    """Every rule option as its run-config key -> (rule, options field).
+
+    ``fedsem.cluster-threshold`` -> ``("cluster", "threshold")``.
+    """
+    return {
+        f"fedsem.{name}-{f.name.replace('_', '-')}": (name, f.name)
+        for name in CONSENSUS_RULES.names()
+        for f in fields(CONSENSUS_RULES[name].options)
+    }
 
 
 TIE_TOLERANCE = 1e-9
@@ -153,8 +202,8 @@ def text_key(text: str) -> float:
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:13], 16) / 16**13
 
 
-def _normalise(embeddings: torch.Tensor) -> torch.Tensor:
-    # Zero rows stay zero (eps), so they have cosine 0 to everything.
+def normalise(embeddings: torch.Tensor) -> torch.Tensor:
+    """Unit rows along the last axis; zero rows stay zero (cosine 0 to everything)."""
     return F.normalize(embeddings, dim=-1, eps=1e-12)
 
 
@@ -172,7 +221,7 @@ def pairwise_cosine(embeddings: torch.Tensor | np.ndarray) -> torch.Tensor:
         ``(P, K, K)`` float64 cosines, clamped to ``[-1, 1]``; zero rows give 0.
 
     """
-    unit = _normalise(torch.as_tensor(embeddings).detach().to("cpu", torch.float64))
+    unit = normalise(torch.as_tensor(embeddings).detach().to("cpu", torch.float64))
     return torch.bmm(unit, unit.transpose(1, 2)).clamp(-1.0, 1.0)
 
 
@@ -200,132 +249,14 @@ def mean_similarity_to_others(similarity: torch.Tensor, members: torch.Tensor) -
     return torch.where(count > 0, total / count.clamp(min=1), 1.0)
 
 
-@CONSENSUS_RULES.register("medoid")
-def medoid(inputs: ConsensusInputs) -> torch.Tensor:
-    """Score answers by mean cosine to the other valid answers.
-
-    The text analogue of FedCT's majority vote: the answer the others agree with most.
-
-    Parameters
-    ----------
-    inputs
-        The round's embeddings, cosines and mask.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(P, K)`` scores.
-
-    """
-    return mean_similarity_to_others(inputs.similarity, inputs.valid)
-
-
-@CONSENSUS_RULES.register("centroid")
-def centroid(inputs: ConsensusInputs) -> torch.Tensor:
-    """Score answers by cosine to the mean of the valid embeddings.
-
-    With unit embeddings this ranks answers like ``medoid``: ``x_i . sum_j x_j
-    = 1 + sum_{j != i} cos(x_i, x_j)``, so both rules pick the same answer; it is
-    kept as the literal "nearest to the mean" rule for comparison. A zero mean
-    (answers cancelling out) gives every answer score 0, hence the lowest valid index.
-
-    Parameters
-    ----------
-    inputs
-        The round's embeddings and mask.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(P, K)`` scores.
-
-    """
-    mean = _normalise(inputs.embeddings.sum(1))  # invalid rows are zero
-    return torch.einsum("pkd,pd->pk", inputs.embeddings, mean)
-
-
-@CONSENSUS_RULES.register("cluster")
-def cluster(inputs: ConsensusInputs) -> torch.Tensor:
-    """Medoid of the densest neighbourhood under ``cluster_threshold``.
-
-    1. Two valid answers are neighbours when their cosine is ``>= cluster_threshold``;
-       an answer's neighbourhood includes itself.
-    2. The anchor is the answer with the most neighbours; among equally large
-       neighbourhoods, the one with the highest ``medoid`` score, then the
-       general tie-break (confidence, text key; never node order alone).
-    3. Within the anchor's neighbourhood (not necessarily a clique: neighbours of
-       the anchor need not be neighbours of each other), the answer with the highest
-       mean cosine to the other members wins.
-
-    Without any pair above the threshold every neighbourhood is a singleton, so the
-    rule falls back to ``medoid``'s choice.
-
-    Parameters
-    ----------
-    inputs
-        The round's cosines, mask and ``cluster_threshold``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(P, K)`` scores: members of the anchor's neighbourhood get their mean
-        cosine to the other members, everyone else ``-inf``.
-
-    """
-    valid = inputs.valid
-    both_valid = valid[:, :, None] & valid[:, None, :]
-    # Self-links via the diagonal: membership must not depend on cos(x, x) rounding to 1.
-    linked = (inputs.similarity >= inputs.cluster_threshold) & both_valid
-    linked = linked | torch.diag_embed(valid)
-    size = linked.sum(-1)  # (P, K), invalid answers have 0
-    largest = valid & (size == size.max(-1, keepdim=True).values)
-    centrality = mean_similarity_to_others(inputs.similarity, valid)
-    anchor = choose(torch.where(largest, centrality, -torch.inf), inputs.tie_keys)  # (P,)
-    members = linked[torch.arange(len(anchor)), anchor]  # (P, K) the anchor's row
-    within = mean_similarity_to_others(inputs.similarity, members)
-    return torch.where(members, within, -torch.inf)
-
-
-@CONSENSUS_RULES.register("confidence")
-def confidence(inputs: ConsensusInputs) -> torch.Tensor:
-    """Blend agreement with the clients' own confidence.
-
-    ``score = (1 - w) * medoid_score + w * exp(mean token log-prob)``, with
-    ``w = confidence_weight``. ``exp`` maps log-probs (<= 0) to ``[0, 1]``; positive
-    values are clamped to 0 and NaN counts as no confidence (score 0).
-
-    Parameters
-    ----------
-    inputs
-        The round's cosines, mask, confidences and ``confidence_weight``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(P, K)`` scores.
-
-    Raises
-    ------
-    ValueError
-        If no confidences were given.
-
-    """
-    if inputs.confidences is None:
-        raise ValueError("the 'confidence' rule needs confidences (mean token log-probs)")
-    log_prob = torch.nan_to_num(inputs.confidences, nan=-torch.inf).clamp(max=0.0)
-    w = inputs.confidence_weight
-    return (1.0 - w) * medoid(inputs) + w * torch.exp(log_prob)
-
-
 def consensus(
     rule: str,
     embeddings: torch.Tensor | np.ndarray,
     mask: torch.Tensor | np.ndarray,
     *,
+    options: Any = None,
     confidences: torch.Tensor | np.ndarray | None = None,
     min_agreement: float = -1.0,
-    cluster_threshold: float = 0.7,
-    confidence_weight: float = 0.5,
     text_keys: torch.Tensor | np.ndarray | None = None,
 ) -> ConsensusResult:
     """Pick one answer per prompt by the named rule.
@@ -340,15 +271,14 @@ def consensus(
     mask
         ``(P, K)`` bool, True where client k answered prompt p. Rows with
         non-finite values are treated as masked.
+    options
+        The rule's options object (e.g.
+        :class:`~fedsem_app.strategies.consensus_rules.ClusterOptions`); None: its defaults.
     confidences
         ``(P, K)`` mean token log-probabilities; required by ``confidence``.
     min_agreement
         Abstain where the chosen answer's agreement is below this (default -1:
         never abstain on a valid answer).
-    cluster_threshold
-        Cosine at or above which two answers are neighbours (``cluster``).
-    confidence_weight
-        Weight ``w`` of the confidence term in ``[0, 1]`` (``confidence``).
     text_keys
         ``(P, K)`` stable keys of the answer texts (:func:`text_key`): the second
         tie-break after confidences. Without them (and without confidences) ties
@@ -362,14 +292,18 @@ def consensus(
     Raises
     ------
     ValueError
-        Unknown rule, mismatched shapes, ``confidence_weight`` outside ``[0, 1]``,
-        or ``confidence`` without confidences.
+        Unknown rule, options of another rule, mismatched shapes, or
+        ``confidence`` without confidences.
 
     """
     if rule not in CONSENSUS_RULES:
         raise ValueError(f"unknown consensus rule {rule!r}; known: {sorted(CONSENSUS_RULES)}")
-    if not 0.0 <= confidence_weight <= 1.0:
-        raise ValueError(f"confidence_weight must be in [0, 1], got {confidence_weight}")
+    entry = CONSENSUS_RULES[rule]
+    options = entry.options() if options is None else options
+    if not isinstance(options, entry.options):
+        raise ValueError(
+            f"rule {rule!r} takes {entry.options.__name__}, got {type(options).__name__}"
+        )
     raw = _tensor(embeddings, torch.float64)
     valid = _tensor(mask, torch.bool)
     if raw.ndim != 3 or valid.shape != raw.shape[:2]:
@@ -392,12 +326,10 @@ def consensus(
             num_valid=num_valid.numpy(),
         )
 
-    unit = _normalise(torch.where(valid[..., None], raw, 0.0))
+    unit = normalise(torch.where(valid[..., None], raw, 0.0))
     similarity = torch.bmm(unit, unit.transpose(1, 2)).clamp(-1.0, 1.0)
-    inputs = ConsensusInputs(
-        unit, similarity, valid, conf, cluster_threshold, confidence_weight, tie_keys
-    )
-    scores = torch.where(valid, CONSENSUS_RULES[rule](inputs), -torch.inf)
+    inputs = ConsensusInputs(unit, similarity, valid, conf, tie_keys)
+    scores = torch.where(valid, entry.score(inputs, options), -torch.inf)
 
     index = choose(scores, tie_keys)
     agreement = mean_similarity_to_others(similarity, valid).gather(-1, index[:, None])[:, 0]

@@ -144,9 +144,8 @@ def vote_in_chunks(
                 text_keys=np.array(
                     [[text_key(t) for t in row] for row in texts[rows]], dtype=np.float64
                 ).reshape(mask[rows].shape),
+                options=cfg.consensus_options,
                 min_agreement=cfg.min_agreement,
-                cluster_threshold=cfg.cluster_threshold,
-                confidence_weight=cfg.confidence_weight,
             )
         )
         embed_seconds += t1 - t0
