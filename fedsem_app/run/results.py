@@ -21,7 +21,7 @@ import csv
 import io
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from logging import INFO, WARNING
 from pathlib import Path
@@ -29,7 +29,9 @@ from typing import Any
 
 from flwr.common.logger import log
 
+from fedsem_app import protocol as p
 from fedsem_app.files import atomic_write, is_finite, jsonable, write_json
+from fedsem_app.run.intervals import quality_intervals
 from fedsem_app.run.meter import human_bytes
 
 QUALITY_KEYS = ("rouge-l", "embed-sim")
@@ -331,3 +333,25 @@ def plot_run(rows: list[Mapping[str, Any]], folder: Path) -> None:
         fig.tight_layout()
         fig.savefig(folder / "pick_share.png", dpi=120)
         plt.close(fig)
+
+
+def client_rows(replies: Iterable[Any]) -> list[dict[str, Any]]:
+    """Per-client rows of a phase from its replies: node id, model name and metrics.
+
+    An evaluate reply's per-prompt lists become its 95 % intervals over prompts.
+    """
+    rows = []
+    for msg in replies:
+        info = msg.content.get(p.INFO, {})
+        metrics = dict(msg.content[p.METRICS])
+        name = info.get(p.CLIENT_NAME, "")
+        rows.append(
+            {
+                "node": msg.metadata.src_node_id,
+                **({"client": name} if name else {}),  # its federation-spec name
+                "model": info.get(p.MODEL_NAME, ""),
+                **{k: v for k, v in metrics.items() if not isinstance(v, list)},
+                **quality_intervals([metrics]),
+            }
+        )
+    return rows

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from logging import INFO, WARNING
 from typing import Any
 
+from flwr.common.logger import log
+
+from fedsem_app import protocol as p
 from fedsem_app.config.app import AppConfig
 from fedsem_app.spec.read import read_spec
 from fedsem_app.spec.schema import NODE_CLIENT_NAME, NODE_PARTITION, FederationSpec, SpecError
@@ -98,3 +102,28 @@ def node_check(expected: Sequence[str], seen: Sequence[str]) -> tuple[list[str],
     missing = sorted(set(expected) - set(names))
     unexpected = sorted(set(names) - set(expected))
     return missing, unexpected
+
+
+def log_node_check(expected: Sequence[str], replies: Sequence[Any]) -> None:
+    """Warn about spec clients no node answered as, and nodes the spec does not name.
+
+    ``replies`` are round 0's evaluate replies; each names its client in ``info``.
+    """
+    seen = [m.content.get(p.INFO, {}).get(p.CLIENT_NAME, "") for m in replies if not m.has_error()]
+    missing, unexpected = node_check(expected, seen)
+    failed = sum(m.has_error() for m in replies)
+    if not missing and not unexpected:
+        log(INFO, "federation spec: all %d clients answered", len(expected))
+        return
+    log(
+        WARNING,
+        "federation spec lists %d clients (%s); missing: %s; unexpected: %s%s. In "
+        'simulation: flwr run . --federation-config "num-supernodes=%d"; in deployment '
+        "start each SuperNode with the command fedsem-spec deploy prints",
+        len(expected),
+        ",".join(expected),
+        ", ".join(missing) or "none",
+        ", ".join(unexpected) or "none",
+        f" ({failed} node(s) replied with an error)" if failed else "",
+        len(expected),
+    )

@@ -23,7 +23,7 @@ from fedsem_app.data.records import QAPair
 from fedsem_app.embedding import embed
 from fedsem_app.strategies import register_strategy
 from fedsem_app.strategies.consensus import ConsensusResult, consensus, text_key
-from fedsem_app.strategies.harness import AppStrategy, Combined, Vetted, messages, qa_record
+from fedsem_app.strategies.harness import AppStrategy, Combined, Vetted, build_messages, qa_record
 from fedsem_app.strategies.validation import ValidAnswers, check_answers
 
 
@@ -243,7 +243,7 @@ class FedSem(AppStrategy):
                 p.PSEUDO: pseudo,
             }
         )
-        return messages(content, node_ids, MessageType.TRAIN)
+        return build_messages(content, node_ids, MessageType.TRAIN)
 
     def vet(self, server_round: int, message: Message) -> tuple[ValidAnswers | None, str | None]:
         """The reply's answers aligned to the round's prompts, or why it has none.

@@ -33,15 +33,16 @@ from typing import Any, ClassVar
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result, Strategy
+from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedsem_app import protocol as p
 from fedsem_app.config.app import AppConfig
 from fedsem_app.data.split import DataSplit
-from fedsem_app.run.checkpoint import Checkpoint, RoundShift, shift_result, timed_save
 from fedsem_app.run.intervals import quality_intervals
-from fedsem_app.run.results import RunLog
+from fedsem_app.run.results import RunLog, client_rows
+from fedsem_app.spec.apply import log_node_check
+from fedsem_app.strategies.resume import ResumableStrategy
 from fedsem_app.strategies.validation import check_metrics, reply_error
 from fedsem_app.wire import pack_texts
 
@@ -86,12 +87,14 @@ def qa_record(pairs: Iterable[Any], with_answers: bool = True, codec: str = "non
     return record
 
 
-def messages(content: RecordDict, node_ids: Iterable[int], message_type: str) -> list[Message]:
+def build_messages(
+    content: RecordDict, node_ids: Iterable[int], message_type: str
+) -> list[Message]:
     """One message of ``message_type`` per node, all carrying the same content."""
     return [Message(content=content, dst_node_id=n, message_type=message_type) for n in node_ids]
 
 
-class AppStrategy(Strategy):
+class AppStrategy(ResumableStrategy):
     """The app's round pipeline around one of Flower's strategies.
 
     Parameters
@@ -218,28 +221,6 @@ class AppStrategy(Strategy):
         )
         return False
 
-    @staticmethod
-    def client_rows(replies: Iterable[Message]) -> list[dict[str, Any]]:
-        """Per-client metrics of a phase, with node id and model name.
-
-        An evaluate reply's per-prompt lists become its 95 % intervals over prompts.
-        """
-        rows = []
-        for msg in replies:
-            info = msg.content.get(p.INFO, ConfigRecord())
-            metrics = dict(msg.content[p.METRICS])
-            name = info.get(p.CLIENT_NAME, "")
-            rows.append(
-                {
-                    "node": msg.metadata.src_node_id,
-                    **({"client": name} if name else {}),  # its federation-spec name
-                    "model": info.get(p.MODEL_NAME, ""),
-                    **{k: v for k, v in metrics.items() if not isinstance(v, list)},
-                    **quality_intervals([metrics]),
-                }
-            )
-        return rows
-
     def record_train(
         self,
         server_round: int,
@@ -253,7 +234,7 @@ class AppStrategy(Strategy):
         ``per_client`` adds server-side numbers (e.g. FedSem's pick-share) to the
         client rows, by node id.
         """
-        rows = self.client_rows(replies)
+        rows = client_rows(replies)
         for row in rows:
             row.update((per_client or {}).get(row["node"], {}))
         self.run_log.add_clients(server_round, "train", rows)
@@ -277,97 +258,6 @@ class AppStrategy(Strategy):
     def initial_arrays(self) -> ArrayRecord:
         """Arrays to start from: none for text strategies; parameter ones override."""
         return ArrayRecord()
-
-    # --- checkpoint and resume (see fedsem_app.run.checkpoint) -------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Strategy state a resumed run needs, as JSON values (none here; see FedSem).
-
-        The global arrays are not part of it: :meth:`start` checkpoints them for
-        every strategy, as Flower passes them from round to round.
-        """
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (nothing here)."""
-
-    def resume(self, checkpoint: Checkpoint) -> None:
-        """Continue after the checkpoint's round, with its strategy state."""
-        self.load_state_dict(checkpoint.strategy_state)
-        self.first_round = checkpoint.round + 1
-
-    def save_checkpoint(self, server_round: int, arrays: ArrayRecord) -> None:
-        """Write the state after a closed round into the run folder.
-
-        A failed write (disk full, folder gone) is logged and the run goes on: it
-        only loses the ability to resume from this round.
-        """
-        if self.run_log is None:
-            return
-        try:
-            timed_save(
-                self.run_log.folder,
-                server_round,
-                strategy=self.name,
-                config=self.app.to_flat(),
-                strategy_state=self.state_dict(),
-                run_state=self.run_log.state(),
-                arrays=arrays,
-            )
-        except OSError as err:
-            log(
-                WARNING,
-                "round %d: checkpoint not written (%s); the run goes on, but cannot "
-                "resume from this round",
-                server_round,
-                err,
-            )
-
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn=None,
-    ) -> Result:
-        """Run rounds ``first_round..num_rounds`` with Flower's loop; checkpoint each one.
-
-        ``num_rounds`` is the run's total. A new run starts at round 1, a resumed
-        one after its checkpoint's round (:meth:`resume`). Flower's
-        ``Strategy.start`` always counts from 1: rather than copying its loop,
-        :class:`~fedsem_app.run.checkpoint.RoundShift` lets it run the rounds that are
-        left and hands this strategy the true round numbers (returned Result
-        included), then checkpoints each closed round.
-        """
-        offset = self.first_round - 1
-        if offset == 0:
-            self.evaluate_round_zero(grid, initial_arrays, timeout, evaluate_config)
-        rounds: Strategy = self
-        if self.app.dp.enabled:
-            from fedsem_app.strategies.dp import wrap
-
-            # Flower's DP wrapper sits in the round loop only (round 0 releases nothing).
-            num_clients = len(self.train_nodes(grid))
-            rounds = wrap(self, self.app.dp, num_clients)
-        shifted = RoundShift(rounds, offset, self.save_checkpoint)
-        if evaluate_fn is not None:
-            unshifted = evaluate_fn
-
-            def evaluate_fn(server_round, arrays):
-                return unshifted(server_round + offset, arrays)
-
-        result = shifted.start(
-            grid,
-            initial_arrays,
-            num_rounds - offset,
-            timeout,
-            train_config,
-            evaluate_config,
-            evaluate_fn,
-        )
-        return shift_result(result, offset)
 
     def evaluate_round_zero(
         self,
@@ -402,35 +292,8 @@ class AppStrategy(Strategy):
         replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
         # With evaluation sampled, round 0 reaches only some nodes: nothing to check.
         if self.expected_clients and self.evaluates_every_node and self.app.fraction_evaluate >= 1:
-            self.check_nodes(replies)
+            log_node_check(self.expected_clients, replies)
         self.aggregate_evaluate(0, replies)
-
-    def check_nodes(self, replies: list[Message]) -> None:
-        """Warn about spec clients no node answered as, and nodes the spec does not name."""
-        from fedsem_app.spec.apply import node_check
-
-        seen = [
-            m.content.get(p.INFO, ConfigRecord()).get(p.CLIENT_NAME, "")
-            for m in replies
-            if not m.has_error()
-        ]
-        missing, unexpected = node_check(self.expected_clients, seen)
-        failed = sum(m.has_error() for m in replies)
-        if not missing and not unexpected:
-            log(INFO, "federation spec: all %d clients answered", len(self.expected_clients))
-            return
-        log(
-            WARNING,
-            "federation spec lists %d clients (%s); missing: %s; unexpected: %s%s. In "
-            'simulation: flwr run . --federation-config "num-supernodes=%d"; in deployment '
-            "start each SuperNode with the command fedsem-spec deploy prints",
-            len(self.expected_clients),
-            ",".join(self.expected_clients),
-            ", ".join(missing) or "none",
-            ", ".join(unexpected) or "none",
-            f" ({failed} node(s) replied with an error)" if failed else "",
-            len(self.expected_clients),
-        )
 
     # --- what a strategy supplies ----------------------------------------------------
     def train_messages(
@@ -516,7 +379,7 @@ class AppStrategy(Strategy):
         """Average evaluation metrics by example count and close the round's row."""
         required = EVAL_METRICS if self.app.eval.generate else (p.NUM_EXAMPLES, p.NLL)
         kept, dropped = self.usable(server_round, replies, "evaluate", required)
-        self.run_log.add_clients(server_round, "evaluate", self.client_rows(kept))
+        self.run_log.add_clients(server_round, "evaluate", client_rows(kept))
         metrics = self.flower.aggregate_evaluate(server_round, kept) if kept else None
         row: dict[str, Any] = {"eval-replies": len(kept), "eval-dropped": dropped}
         if metrics is not None:

@@ -14,7 +14,7 @@ from flwr.serverapp import Grid
 
 from fedsem_app import protocol as p
 from fedsem_app.strategies import register_strategy
-from fedsem_app.strategies.harness import AppStrategy, messages
+from fedsem_app.strategies.harness import AppStrategy, build_messages
 
 
 @register_strategy("local")
@@ -51,7 +51,7 @@ class Local(AppStrategy):
         config.update(p.TrainRequest(server_round=server_round).to_config())
         node_ids = self.train_nodes(grid)
         log(INFO, "configure_train: %d nodes train on their own data", len(node_ids))
-        return messages(RecordDict({p.TRAIN_CONFIG: config}), node_ids, MessageType.TRAIN)
+        return build_messages(RecordDict({p.TRAIN_CONFIG: config}), node_ids, MessageType.TRAIN)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -59,4 +59,4 @@ class Local(AppStrategy):
         """Send the shared test prompts; each client evaluates its own adapter."""
         config[p.ROUND] = server_round
         content = RecordDict({p.TRAIN_CONFIG: config, p.TEST: self._test})
-        return messages(content, self.evaluate_nodes(grid), MessageType.EVALUATE)
+        return build_messages(content, self.evaluate_nodes(grid), MessageType.EVALUATE)
