@@ -37,7 +37,9 @@ from fedsem_app.quantize import decode_record, encode_record
 from fedsem_app.spec.apply import node_config_with_spec
 from fedsem_app.wire import pack_texts, unpack_texts
 
-STATE_ADAPTER = "fedsem-adapter"  # key of this node's own adapter in context.state
+# The train handler keeps the adapter it trained under this key of context.state (the
+# node goes on with it); fault_mod corrupts a copy of it for the reply.
+STATE_ADAPTER = "fedsem-adapter"
 # Most bytes a compressed text list may inflate to (the server's, or a reply's own).
 TEXT_LIMIT = 256 * 2**20
 
