@@ -6,6 +6,12 @@ A train message may carry a global adapter (load it), pseudo-labels (train on
 them with the private data), public prompts (answer them) and a request to
 return the adapter. The same code path serves every strategy, so the
 comparison between them is fair: same data, same trainer, same evaluation.
+
+The handlers do the work; mods wrap them (first is outermost): on every message
+``progress_mod`` (a log line) and ``dp_clipping_mod`` (client-side DP clipping,
+:mod:`fedsem_app.clients.mods`), then ``energy_mod`` (CPU-seconds and GPU joules into
+the reply's metrics, :mod:`fedsem_app.clients.energy`) and, on train messages,
+``fault_mod`` (a faulty node raises, stalls or corrupts its reply).
 """
 
 from __future__ import annotations
@@ -16,12 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsem_app import protocol as p
 from fedsem_app.clients import load_client, resolve_device, set_num_threads
-from fedsem_app.clients.energy import EnergyMeter
+from fedsem_app.clients.energy import energy_mod
 from fedsem_app.clients.evaluation import evaluate_client
 from fedsem_app.clients.export import (
     export_client,
@@ -29,25 +35,29 @@ from fedsem_app.clients.export import (
     remember_run,
     saved_final_adapter,
 )
-from fedsem_app.clients.faults import ADAPTER, ANSWERS, corrupt_adapter, corrupt_answers, targets
-from fedsem_app.clients.mods import dp_clipping_mod, progress_mod
-from fedsem_app.config.app import AppConfig, load_app_config
+from fedsem_app.clients.mods import (
+    STATE_ADAPTER,
+    TEXT_LIMIT,
+    adapter_reply,
+    dp_clipping_mod,
+    fault_mod,
+    node_settings,
+    progress_mod,
+    read_request,
+)
+from fedsem_app.config.app import AppConfig
 from fedsem_app.config.errors import ConfigError
-from fedsem_app.config.node import NodeConfig, load_node_config
+from fedsem_app.config.node import NodeConfig
 from fedsem_app.config.sections import DataConfig
 from fedsem_app.data.partition import load_partition
 from fedsem_app.data.records import QAPair, load_node_private
 from fedsem_app.files import atomic_write
-from fedsem_app.quantize import decode_record, encode_record
-from fedsem_app.spec.apply import node_config_with_spec
+from fedsem_app.quantize import adapter_record, decode_record
 from fedsem_app.wire import pack_texts, unpack_texts
 
 # progress_mod: a log line per message (visible in flwr run --stream); dp_clipping_mod:
 # Flower's client-side clipping when the server asks for it (dp.clip-side='client').
 app = ClientApp(mods=[progress_mod, dp_clipping_mod])
-
-STATE_ADAPTER = "fedsem-adapter"  # key of this node's own adapter in context.state
-SERVER_TEXT_LIMIT = 256 * 2**20  # most bytes a compressed text list from the server may inflate to
 
 
 @functools.lru_cache(maxsize=32)
@@ -63,16 +73,10 @@ def private_pairs(
 
 
 def _setup(context: Context, config: ConfigRecord):
-    cfg = load_app_config(context.run_config)
+    # The message's request, the node's settings and its model, read once per message.
     remember_run(context, config)  # names the run for adapter_file, also after a resume
-    try:
-        # A federation spec's entry for this node lies under its own node config.
-        node = load_node_config(node_config_with_spec(cfg, context.node_config), cfg)
-        cfg = node.apply(cfg)  # this client's LoRA, data mapping and fault mode
-    except ConfigError as err:
-        # The server logs only a node id; name the node's partition as model errors do.
-        partition = context.node_config.get("partition-id", "?")
-        raise RuntimeError(f"node with partition-id {partition}: {err}") from err
+    request = read_request(context, config)
+    cfg, node = node_settings(context)
     set_num_threads(cfg.train.num_threads)
     try:
         client = load_client(
@@ -81,7 +85,7 @@ def _setup(context: Context, config: ConfigRecord):
             device=resolve_device(node.device),
             cache_dir=cfg.model.cache_path,
             # A strategy that defines its own prompt format (FedIT: alpaca) sends it.
-            template=str(config.get(p.TEMPLATE, "") or cfg.model.template),
+            template=str(request.template or cfg.model.template),
             seed=cfg.seed,
         )
     except Exception as err:
@@ -89,7 +93,7 @@ def _setup(context: Context, config: ConfigRecord):
             f"node with partition-id {node.partition_id}: cannot load model-name "
             f"{node.model_name!r}: {err}"
         ) from err
-    return cfg, node, client
+    return cfg, node, request, client
 
 
 def adapter_file(cache_dir: Path, context: Context, model_name: str) -> Path:
@@ -120,7 +124,7 @@ def _restore_adapter(client, msg: Message, context: Context, cache_dir: Path) ->
     if isinstance(sent, ArrayRecord) and len(sent) > 0:
         client.set_adapter(decode_record(sent))  # quantized on the wire or float32
     elif STATE_ADAPTER in context.state:
-        client.set_adapter({k: v.numpy() for k, v in context.state[STATE_ADAPTER].items()})
+        client.set_adapter(decode_record(context.state[STATE_ADAPTER]))
     elif saved.is_file():
         with np.load(saved) as arrays:
             client.set_adapter({k: arrays[k] for k in arrays.files})
@@ -134,16 +138,12 @@ def _partition(context: Context) -> int:
     return int(context.node_config.get("partition-id", 0))
 
 
-def _adapter_record(state: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
-
-
 def _qa(record: ConfigRecord | None) -> list[tuple[int, str, str]]:
     if record is None:
         return []
     ids = record.get(p.IDS, [])
-    prompts = unpack_texts(record, p.PROMPTS, SERVER_TEXT_LIMIT) or []
-    texts = unpack_texts(record, p.TEXTS, SERVER_TEXT_LIMIT) or [""] * len(ids)
+    prompts = unpack_texts(record, p.PROMPTS, TEXT_LIMIT) or []
+    texts = unpack_texts(record, p.TEXTS, TEXT_LIMIT) or [""] * len(ids)
     return list(zip(ids, prompts, texts, strict=True))
 
 
@@ -159,39 +159,32 @@ def _info(cfg: AppConfig, node: NodeConfig) -> ConfigRecord:
     return ConfigRecord({p.MODEL_NAME: node.model_name, p.CLIENT_NAME: node.client_name})
 
 
-@app.train()
+# energy_mod outside fault_mod: a stalling node's sleep is metered, as its work.
+@app.train(mods=[energy_mod, fault_mod])
 def train(msg: Message, context: Context) -> Message:
     """Fine-tune on private data (+ pseudo-labels); answer public prompts if sent."""
-    meter = EnergyMeter.start()
     config = msg.content.get(p.TRAIN_CONFIG, ConfigRecord())
-    cfg, node, client = _setup(context, config)
-    server_round = int(config.get(p.ROUND, 0))
-    faulty = cfg.fault.applies_to(node.partition_id)
-    if faulty and cfg.fault.mode == "raise":
-        raise RuntimeError(
-            f"node with partition-id {node.partition_id}: injected fault (fault.mode='raise')"
-        )
-    if faulty and cfg.fault.mode == "stall":
-        time.sleep(cfg.fault.stall_seconds)
-    rng = np.random.default_rng([cfg.seed, server_round, node.partition_id])
+    cfg, node, request, client = _setup(context, config)
+    server_round = 0 if request.server_round is None else int(request.server_round)
     _restore_adapter(client, msg, context, cfg.model.cache_path)
 
     try:
-        private = private_pairs(cfg.data, cfg.seed, node, str(config.get(p.TRAIN_DATA, p.OWN_DATA)))
+        private = private_pairs(cfg.data, cfg.seed, node, str(request.train_data or p.OWN_DATA))
     except ConfigError as err:  # e.g. a node's data file without the mapped fields
         raise RuntimeError(f"node with partition-id {node.partition_id}: {err}") from err
     stats = client.train(
         [(q.prompt, q.answer) for q in private],
         cfg.train,
         seed=cfg.seed + 1000 * server_round + node.partition_id,
-        proximal_mu=float(config.get(p.PROXIMAL_MU, 0.0)),
+        proximal_mu=0.0 if request.proximal_mu is None else float(request.proximal_mu),
         pseudo=_pseudo(msg.content.get(p.PSEUDO)),
         pseudo_share=cfg.fedsem.pseudo_share,
         # pooled trains with the federation's compute: the server sends its step count.
-        steps=int(config.get(p.LOCAL_STEPS, cfg.train.local_steps)),
+        steps=cfg.train.local_steps if request.local_steps is None else int(request.local_steps),
     )
     trained = client.adapter_state()
-    context.state[STATE_ADAPTER] = _adapter_record(trained)
+    # fault_mod corrupts a copy of this one: the node itself stays honest.
+    context.state[STATE_ADAPTER] = adapter_record(trained)
     _save_adapter(trained, adapter_file(cfg.model.cache_path, context, node.model_name))
 
     content = RecordDict({p.INFO: _info(cfg, node)})
@@ -212,38 +205,25 @@ def train(msg: Message, context: Context) -> Message:
             done and len(t) <= cfg.fedsem.max_answer_chars
             for t, done in zip(answers.texts, answers.finished, strict=True)
         ]
-        confidences = [float(c) for c in answers.confidences]
-        if faulty and targets(cfg.fault.mode, ANSWERS):
-            texts, confidences = corrupt_answers(cfg.fault, texts, confidences, rng)
         content[p.ANSWERS] = ConfigRecord(
             {
                 p.IDS: [i for i, _, _ in public],
                 **pack_texts(p.TEXTS, texts, cfg.fedsem.wire_compression),
-                p.CONFIDENCES: confidences,
+                p.CONFIDENCES: [float(c) for c in answers.confidences],
                 p.FINISHED: finished,
             }
         )
-    if config.get(p.RETURN_ADAPTER, False):
-        code = str(config.get(p.QUANTIZE, "none"))
-        content[p.ADAPTER] = context.state[STATE_ADAPTER]
-        if faulty and targets(cfg.fault.mode, ADAPTER):
-            trained = corrupt_adapter(cfg.fault, client.adapter_state(), rng)
-            content[p.ADAPTER] = _adapter_record(trained)
-        if code != "none":  # the strategy asked for the adapter quantized on the wire
-            content[p.ADAPTER] = encode_record(
-                trained, code, str(config.get(p.QUANTIZE_SCALES, "row"))
-            )
-    metrics.update(meter.stop().as_metrics())
+    if request.return_adapter:
+        content[p.ADAPTER] = adapter_reply(trained, request)
     content[p.METRICS] = MetricRecord(metrics)
     return Message(content=content, reply_to=msg)
 
 
-@app.evaluate()
+@app.evaluate(mods=[energy_mod])
 def evaluate(msg: Message, context: Context) -> Message:
     """Score the current model (global adapter if sent, else its own) on the test prompts."""
-    meter = EnergyMeter.start()
     config = msg.content.get(p.TRAIN_CONFIG, ConfigRecord())
-    cfg, node, client = _setup(context, config)
+    cfg, node, _, client = _setup(context, config)
     _restore_adapter(client, msg, context, cfg.model.cache_path)
     test = _qa(msg.content.get(p.TEST))
     if not test:
@@ -264,6 +244,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     )
     if final:
         info[p.FINAL_ADAPTER] = final
-    metrics.update(meter.stop().as_metrics())
     content = RecordDict({p.METRICS: MetricRecord(metrics), p.INFO: info})
     return Message(content=content, reply_to=msg)

@@ -225,8 +225,8 @@ def test_client_app_uses_the_template_the_message_sends():
         state=RecordDict(),
         run_config=cfg.to_flat(),
     )
-    _, _, sent_template = _setup(context, ConfigRecord({p.TEMPLATE: "alpaca"}))
-    _, _, own_template = _setup(context, ConfigRecord())
+    *_, sent_template = _setup(context, ConfigRecord({p.TEMPLATE: "alpaca"}))
+    *_, own_template = _setup(context, ConfigRecord())
     clear_client_cache()
     assert sent_template.template == "alpaca" and own_template.template == cfg.model.template
 

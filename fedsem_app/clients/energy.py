@@ -16,6 +16,9 @@ What it measures, and what it does not:
   work. Otherwise the reading is ``None``, shown as "not measured".
 * **Peak RSS** of the process so far (``resource.getrusage``; a high-water mark
   since the process started, not of the span).
+
+:func:`energy_mod` meters every train and evaluate handler of the ClientApp and adds
+the reading to the reply's metrics.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from flwr.app import Context, Message, MetricRecord
 
 from fedsem_app import protocol as p
 
@@ -140,3 +145,20 @@ class EnergyMeter:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def energy_mod(msg: Message, context: Context, call_next) -> Message:
+    """ClientApp mod: meter the handler and add what it cost to the reply's metrics.
+
+    Registered outside :func:`fedsem_app.clients.mods.fault_mod`, so a stalling
+    node's sleep is metered as its work. An error reply goes back as it is.
+    """
+    meter = EnergyMeter.start()
+    reply = call_next(msg, context)
+    reading = meter.stop()
+    if reply.has_error():
+        return reply
+    if p.METRICS not in reply.content:
+        reply.content[p.METRICS] = MetricRecord()
+    reply.content[p.METRICS].update(reading.as_metrics())
+    return reply

@@ -4,10 +4,13 @@ Runs on the client.
 
 A faulty client (``fault.mode`` with its partition id in ``fault.clients``) trains
 and evaluates as usual but corrupts its train replies, so the server sees exactly
-what a broken or malicious node would send over the wire:
+what a broken or malicious node would send over the wire. The ClientApp's
+:func:`~fedsem_app.clients.mods.fault_mod` does it around the train handler, which
+knows nothing of faults:
 
-``raise``           the train handler raises (Flower turns it into an error reply)
-``stall``           the train handler sleeps ``fault.stall-seconds`` first (a node
+``raise``           raises instead of running the handler (Flower turns it into an
+                    error reply)
+``stall``           sleeps ``fault.stall-seconds`` before the handler (a node
                     slower than ``round-timeout``)
 ``malformed``       one text too few and non-finite confidences
 ``garbage``         random letters instead of answers
@@ -19,7 +22,8 @@ what a broken or malicious node would send over the wire:
 
 Every mode is registered in :data:`FAULT_MODES`, the one list ``fault.mode`` and a
 federation spec's ``fault`` accept; each corrupting function is pure (a seeded
-generator in, new values out).
+generator in, new values out). This module stays free of Flower, since config
+validation imports the registry.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import numpy as np
 from fedsem_app.config.sections import FaultConfig
 from fedsem_app.registry import Registry
 
-# What a mode corrupts: the train handler itself, the answers it returns, its adapter.
+# What a mode corrupts: the train handler's run, the answers it returns, its adapter.
 HANDLER, ANSWERS, ADAPTER = "handler", "answers", "adapter"
 
 
@@ -45,8 +49,8 @@ class FaultMode:
     Attributes
     ----------
     target
-        ``""`` (honest), :data:`HANDLER` (the train handler raises or stalls; the
-        ClientApp does it), :data:`ANSWERS` or :data:`ADAPTER`.
+        ``""`` (honest), :data:`HANDLER` (``fault_mod`` raises or stalls instead of
+        or before the train handler), :data:`ANSWERS` or :data:`ADAPTER`.
     corrupt
         For :data:`ANSWERS`: ``fn(fault, texts, confidences, rng) -> (texts,
         confidences)``; for :data:`ADAPTER`: ``fn(fault, state, rng) -> state``.
