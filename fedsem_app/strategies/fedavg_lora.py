@@ -16,6 +16,8 @@ from flwr.serverapp import Grid
 
 from fedsem_app import protocol as p
 from fedsem_app.clients import clear_client_cache, load_client
+from fedsem_app.config.app import AppConfig
+from fedsem_app.data.split import DataSplit
 from fedsem_app.quantize import (
     QuantizeError,
     adapter_record,
@@ -23,6 +25,7 @@ from fedsem_app.quantize import (
     encode_record,
     is_quantized,
 )
+from fedsem_app.run.results import RunLog
 from fedsem_app.strategies import register_strategy
 from fedsem_app.strategies.aggregation import aggregator
 from fedsem_app.strategies.harness import AppStrategy, Combined, Vetted
@@ -68,12 +71,12 @@ class FedAvgLora(AppStrategy):
     needs_shared_model = True
     supports_dp = True
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, app: AppConfig, split: DataSplit, run_log: RunLog, **sampling: Any) -> None:
+        super().__init__(app, split, run_log, **sampling)
         self._layout: Layout = {}
         # Flower's strategy of aggregation.rule combines the adapters (FedAvg's mean,
         # FedMedian, FedTrimmedAvg); self.flower samples and sends.
-        self.aggregator = aggregator(self.app.aggregation, **self.flower_arguments(**kwargs))
+        self.aggregator = aggregator(app.aggregation, **self.flower_arguments(**sampling))
 
     def initial_arrays(self) -> ArrayRecord:
         """The fresh global adapter, built from the shared model on the server's CPU."""

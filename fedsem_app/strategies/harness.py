@@ -134,22 +134,22 @@ class AppStrategy(ResumableStrategy):
 
     # --- the Flower strategy this one composes ----------------------------------------
     def flower_arguments(self, **overrides: Any) -> dict[str, Any]:
-        """Arguments of every Flower strategy built here: sampling and record keys."""
+        """Arguments of every Flower strategy built here: record keys and sampling.
+
+        Flower samples the nodes of every round: a fraction of the connected ones,
+        but at least the floor (``min-train-nodes``, else ``min-clients``).
+        """
         app = self.app
-        arguments = {
-            # Flower samples the nodes of every round (fraction, at least the floor).
+        return {
+            "weighted_by_key": p.NUM_EXAMPLES,
+            "arrayrecord_key": p.ADAPTER,
+            "configrecord_key": p.TRAIN_CONFIG,
             "fraction_train": app.fraction_train,
             "fraction_evaluate": app.fraction_evaluate,
             "min_train_nodes": app.train_floor,
             "min_evaluate_nodes": app.evaluate_floor,
             "min_available_nodes": max(app.min_clients, app.train_floor, app.evaluate_floor),
             **overrides,
-        }
-        return {
-            "weighted_by_key": p.NUM_EXAMPLES,
-            "arrayrecord_key": p.ADAPTER,
-            "configrecord_key": p.TRAIN_CONFIG,
-            **arguments,
         }
 
     def flower_strategy(self, **arguments: Any) -> FedAvg:
