@@ -9,7 +9,7 @@ from hypothesis.extra.numpy import arrays
 
 from fedsem_app.config.errors import ConfigError
 from fedsem_app.config.sections import FedSemConfig
-from fedsem_app.strategies.consensus import CONSENSUS_RULES, consensus, pairwise_cosine
+from fedsem_app.strategies.consensus import CONSENSUS_RULES, NoOptions, consensus, pairwise_cosine
 from fedsem_app.strategies.consensus_rules import ClusterOptions, ConfidenceOptions
 
 
@@ -255,3 +255,45 @@ def test_property_choice_is_a_valid_answer(data, rule, threshold, min_agreement)
         if index != -1:
             assert mask[p, index]
             assert result.agreement[p] >= min_agreement
+
+
+# --- a new rule with an option: one function and its options -----------------------
+
+
+def test_a_new_rule_with_an_option_needs_no_other_edit(monkeypatch):
+    """A rule registered with its options class is configurable by fedsem.<rule>-<option>."""
+    from dataclasses import dataclass
+
+    from fedsem_app.config.app import known_keys, load_app_config
+    from fedsem_app.strategies.consensus import ConsensusRule
+
+    @dataclass(frozen=True)
+    class PickOptions:
+        k: int = 0
+
+    def pick(inputs, options):  # the answer of client k wins
+        return (torch.arange(inputs.valid.shape[1]) == options.k).double().expand_as(inputs.valid)
+
+    monkeypatch.setitem(CONSENSUS_RULES, "pick", ConsensusRule(pick, PickOptions))
+    assert "fedsem.pick-k" in known_keys()
+    cfg = load_app_config({"fedsem.consensus": "pick", "fedsem.pick-k": 2}).fedsem
+    assert cfg.consensus_options == PickOptions(k=2)
+    result = consensus(cfg.consensus, QUAD, all_valid(QUAD), options=cfg.consensus_options)
+    assert result.index.tolist() == [2]
+    # Its default applies when the key is not set; other rules keep theirs.
+    assert load_app_config({"fedsem.consensus": "pick"}).fedsem.consensus_options.k == 0
+    assert load_app_config({}).fedsem.consensus_options == NoOptions()
+
+
+def test_rule_options_are_checked_and_must_belong_to_the_rule():
+    from fedsem_app.config.app import load_app_config
+
+    with pytest.raises(ConfigError, match="fedsem.cluster-threshold"):
+        load_app_config({"fedsem.cluster-threshold": 1.5})
+    with pytest.raises(ConfigError, match="fedsem.confidence-weight"):
+        load_app_config({"fedsem.confidence-weight": "high"})
+    with pytest.raises(ValueError, match="takes ClusterOptions, got ConfidenceOptions"):
+        consensus("cluster", QUAD, all_valid(QUAD), options=ConfidenceOptions(0.5))
+    cfg = load_app_config({"fedsem.consensus": "cluster", "fedsem.cluster-threshold": 0.6})
+    assert cfg.fedsem.consensus_options == ClusterOptions(0.6)
+    assert cfg.to_flat()["fedsem.cluster-threshold"] == 0.6  # what a checkpoint stores
