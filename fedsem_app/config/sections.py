@@ -163,7 +163,7 @@ class FedSemConfig:
     # Every consensus rule's own options object, as (rule, options) pairs: run-config
     # keys fedsem.<rule>-<option>, declared by the rule (strategies.consensus), not here.
     rule_options: tuple[tuple[str, Any], ...] = field(
-        default_factory=lambda: default_rule_options(), metadata={"rule_options": True}
+        default_factory=default_rule_options, metadata={"rule_options": True}
     )
 
     @property

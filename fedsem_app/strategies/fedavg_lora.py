@@ -125,7 +125,7 @@ class FedAvgLora(AppStrategy):
         )
         config.update(request.to_config())
         self._layout = adapter_layout(arrays)
-        return self.flower.configure_train(server_round, self.on_the_wire(arrays), config, grid)
+        return super().train_messages(server_round, self.on_the_wire(arrays), config, grid)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -184,7 +184,7 @@ class FedAvgLora(AppStrategy):
         record = message.content.get(p.ADAPTER)
         if isinstance(record, ArrayRecord) and is_quantized(record):
             try:
-                message.content[p.ADAPTER] = encode_record(decode_record(record), "none", "")
+                message.content[p.ADAPTER] = adapter_record(decode_record(record))
             except QuantizeError as err:
                 return None, str(err)
         return None, adapter_problem(message.content, self._layout)

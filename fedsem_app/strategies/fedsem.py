@@ -273,13 +273,9 @@ class FedSem(AppStrategy):
         finally:
             self._prompts.pop(server_round, None)
 
-    def combine(self, server_round: int, vetted: list[Vetted]) -> Combined:
+    def combine(self, server_round: int, voters: list[Vetted]) -> Combined:
         """Embed the answers, form the consensus and keep the pseudo-labels."""
-        return self._consensus(server_round, self._prompts[server_round], vetted)
-
-    def _consensus(
-        self, server_round: int, prompts: list[QAPair], voters: list[Vetted]
-    ) -> Combined:
+        prompts = self._prompts[server_round]
         cfg = self.app.fedsem
         texts, answered, confidences, finished = answer_grid([a for _, a in voters])
         mask = answered if cfg.vote_unfinished else answered & finished
