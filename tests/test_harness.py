@@ -2,7 +2,8 @@
 
 import json
 
-from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
 
 from fedsem_app import protocol as p
 from fedsem_app.config.app import load_app_config
@@ -80,3 +81,40 @@ def test_too_few_vetted_replies_make_no_update(tmp_path, monkeypatch, caplog):
         assert "payload-sum" not in row
     assert "dropped reply of node 1: node 1 is odd" in caplog.text
     assert "only 1 usable replies, fewer than min-clients=2" in caplog.text
+
+
+def gpu_on_node_1(msg: Message, ctx) -> Message:
+    """The scripted client; node 1 alone has a GPU counter and reports gpu-joules."""
+    reply = any_strategy_client(msg, ctx)
+    if ctx.node_id == 1:
+        reply.content[p.METRICS][p.GPU_JOULES] = 12.5
+    return reply
+
+
+def test_a_metric_only_some_nodes_report_stays_with_them(tmp_path, monkeypatch):
+    # Flower refuses to average MetricRecords with different keys; a GPU node next to
+    # CPU nodes must not stop the round (fedavg-lora combines with Flower's FedAvg).
+    cfg = load_app_config(
+        {"strategy": "fedavg-lora", "model.names": "tiny-llama", "num-server-rounds": 1}
+    )
+    fake = FakeGrid(gpu_on_node_1, 3, cfg.to_flat())
+    grid = MeteredGrid(fake)
+    folder = make_run_folder(tmp_path, "t", "fedavg-lora")
+    strategy = STRATEGIES["fedavg-lora"](
+        cfg, load_split(cfg.data, cfg.seed), RunLog(folder, {}, 1, grid.snapshot)
+    )
+    initial = ArrayRecord({"w": Array(np.zeros(2, np.float32))})
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=1)
+    assert list(result.arrays["w"].numpy()) == [0.0, 0.0]  # the round was aggregated
+    rows = json.loads((folder / "metrics.json").read_text())
+    assert rows[1]["train-replies"] == 3 and p.GPU_JOULES not in rows[1]
+    clients = [json.loads(line) for line in (folder / "clients.jsonl").open()]
+    joules = {(c["phase"], c["node"]): c.get(p.GPU_JOULES) for c in clients if c["round"] == 1}
+    assert joules == {
+        ("train", 1): 12.5,
+        ("train", 2): None,
+        ("train", 3): None,
+        ("evaluate", 1): 12.5,
+        ("evaluate", 2): None,
+        ("evaluate", 3): None,
+    }

@@ -43,7 +43,7 @@ from fedsem_app.run.intervals import quality_intervals
 from fedsem_app.run.results import RunLog, client_rows
 from fedsem_app.spec.apply import log_node_check
 from fedsem_app.strategies.resume import ResumableStrategy
-from fedsem_app.strategies.validation import check_metrics, reply_error
+from fedsem_app.strategies.validation import check_metrics, reply_error, set_aside_unshared
 from fedsem_app.wire import pack_texts
 
 EVAL_METRICS = (p.NUM_EXAMPLES, p.ROUGE_L, p.EMBED_SIM, p.NLL)
@@ -194,7 +194,8 @@ class AppStrategy(ResumableStrategy):
             The usable replies, sorted by node id, and the number dropped.
         """
         required = tuple(required)
-        kept, dropped = [], 0
+        kept: list[Message] = []
+        dropped = 0
         # Node order, not arrival order: ties (e.g. a medoid of two answers) and float
         # sums then come out the same however the replies arrived.
         for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
@@ -205,6 +206,24 @@ class AppStrategy(ResumableStrategy):
             else:
                 kept.append(msg)
         return kept, dropped
+
+    @staticmethod
+    def set_aside(server_round: int, phase: str, replies: list[Message]) -> dict[int, dict]:
+        """Metrics only some replies carry, taken out of the average (see validation)."""
+        aside = set_aside_unshared(replies)
+        if aside:
+            keys = sorted({k for extra in aside.values() for k in extra})
+            log(
+                INFO,
+                "round %d %s: %s reported by %d of %d nodes: kept per node in clients.jsonl, "
+                "not averaged",
+                server_round,
+                phase,
+                ", ".join(keys),
+                len(aside),
+                len(replies),
+            )
+        return aside
 
     def enough(self, server_round: int, phase: str, n_usable: int) -> bool:
         """Whether at least ``min-clients`` usable replies arrived; log clearly if not."""
@@ -347,6 +366,7 @@ class AppStrategy(ResumableStrategy):
             else:
                 dropped += 1
                 self.drop(server_round, "train", msg, reason)
+        aside = self.set_aside(server_round, "train", [m for m, _ in vetted])
         combined = Combined()
         if self.enough(server_round, "train", len(vetted)):
             combined = self.combine(server_round, vetted)
@@ -355,8 +375,12 @@ class AppStrategy(ResumableStrategy):
             "server-seconds": time.perf_counter() - t0,
             **self.round_extras(server_round),
         }
+        per_client = {
+            node: {**aside.get(node, {}), **combined.per_client.get(node, {})}
+            for node in aside.keys() | combined.per_client.keys()
+        }
         metrics = self.record_train(
-            server_round, [m for m, _ in vetted], dropped, extra, combined.per_client
+            server_round, [m for m, _ in vetted], dropped, extra, per_client
         )
         return combined.arrays, metrics
 
@@ -379,7 +403,11 @@ class AppStrategy(ResumableStrategy):
         """Average evaluation metrics by example count and close the round's row."""
         required = EVAL_METRICS if self.app.eval.generate else (p.NUM_EXAMPLES, p.NLL)
         kept, dropped = self.usable(server_round, replies, "evaluate", required)
-        self.run_log.add_clients(server_round, "evaluate", client_rows(kept))
+        aside = self.set_aside(server_round, "evaluate", kept)
+        rows = client_rows(kept)
+        for row in rows:
+            row.update(aside.get(row["node"], {}))
+        self.run_log.add_clients(server_round, "evaluate", rows)
         metrics = self.flower.aggregate_evaluate(server_round, kept) if kept else None
         row: dict[str, Any] = {"eval-replies": len(kept), "eval-dropped": dropped}
         if metrics is not None:

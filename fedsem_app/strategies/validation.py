@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -75,6 +76,31 @@ def check_metrics(content: RecordDict, required: Iterable[str]) -> str | None:
     if p.NUM_EXAMPLES in metrics and metrics[p.NUM_EXAMPLES] <= 0:
         return f"'{p.NUM_EXAMPLES}' must be positive"
     return None
+
+
+def set_aside_unshared(replies: Sequence[Message]) -> dict[int, dict[str, Any]]:
+    """Take the metrics that not every reply carries out of the replies, by node id.
+
+    Flower averages a round only over MetricRecords with the same keys: one metric
+    that some nodes cannot measure (``gpu-joules`` on a node without NVML, next to a
+    GPU node) would stop the round's aggregation. Those values leave the records
+    that are averaged and stay with their node (its row in ``clients.jsonl``).
+
+    Returns
+    -------
+    dict
+        ``{node id: {metric: value}}`` for the nodes that had such metrics.
+    """
+    records = [m.content[p.METRICS] for m in replies]
+    shared = set.intersection(*(set(r) for r in records)) if records else set()
+    aside: dict[int, dict[str, Any]] = {}
+    for msg, record in zip(replies, records, strict=True):
+        extra = {k: record[k] for k in record if k not in shared}
+        for key in extra:
+            del record[key]
+        if extra:
+            aside[msg.metadata.src_node_id] = extra
+    return aside
 
 
 def check_answers(
