@@ -41,6 +41,7 @@ from fedsem_app.clients.mods import (
     adapter_reply,
     dp_clipping_mod,
     fault_mod,
+    node_error,
     node_settings,
     progress_mod,
     read_request,
@@ -171,7 +172,7 @@ def train(msg: Message, context: Context) -> Message:
     try:
         private = private_pairs(cfg.data, cfg.seed, node, str(request.train_data or p.OWN_DATA))
     except ConfigError as err:  # e.g. a node's data file without the mapped fields
-        raise RuntimeError(f"node with partition-id {node.partition_id}: {err}") from err
+        raise node_error(context, err) from err
     stats = client.train(
         [(q.prompt, q.answer) for q in private],
         cfg.train,
