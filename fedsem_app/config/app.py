@@ -198,8 +198,10 @@ def read_rule_options(run_config: typing.Mapping[str, Any]) -> tuple[tuple[str, 
 
 def flat_rule_options(rule_options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     """The run-config keys of :func:`read_rule_options`' result (its inverse)."""
+    from fedsem_app.strategies.consensus import rule_option_key
+
     return {
-        f"fedsem.{rule}-{flat_key(f.name)}": getattr(options, f.name)
+        rule_option_key(rule, f.name): getattr(options, f.name)
         for rule, options in rule_options
         for f in dataclasses.fields(options)
     }

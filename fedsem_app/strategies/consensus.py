@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (conventional alias)
 
+from fedsem_app.config.app import flat_key
 from fedsem_app.registry import Registry
 
 
@@ -148,13 +149,15 @@ def consensus_rule(name: str, options: type = NoOptions):
     return decorator
 
 
-def rule_option_keys() -> dict[str, tuple[str, str]]:
-    """Every rule option as its run-config key -> (rule, options field).
+def rule_option_key(rule: str, option: str) -> str:
+    """The run-config key of a rule's option, e.g. ``fedsem.cluster-threshold``."""
+    return f"fedsem.{rule}-{flat_key(option)}"
 
-    ``fedsem.cluster-threshold`` -> ``("cluster", "threshold")``.
-    """
+
+def rule_option_keys() -> dict[str, tuple[str, str]]:
+    """Every rule option as its run-config key -> (rule, options field)."""
     return {
-        f"fedsem.{name}-{f.name.replace('_', '-')}": (name, f.name)
+        rule_option_key(name, f.name): (name, f.name)
         for name in CONSENSUS_RULES.names()
         for f in fields(CONSENSUS_RULES[name].options)
     }
