@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
@@ -204,7 +204,6 @@ class FedSem(AppStrategy):
         super().__init__(*args, **kwargs)
         self.pseudo_labels: list[QAPair] = []
         self.unfinished: set[int] = set()  # ids of pseudo-labels cut at the length cap
-        self._prompts: dict[int, list[QAPair]] = {}
 
     def state_dict(self) -> dict[str, Any]:
         """The pseudo-labels the next round sends (all FedSem carries between rounds)."""
@@ -218,12 +217,15 @@ class FedSem(AppStrategy):
         self.pseudo_labels = [QAPair(**q) for q in state.get("pseudo-labels", [])]
         self.unfinished = set(state.get("unfinished", []))
 
+    def round_prompts(self, server_round: int) -> list[QAPair]:
+        """The public prompts of a round (a function of the round, so nothing to keep)."""
+        return public_slice(self.split.public, server_round, self.app.fedsem.prompts_per_round)
+
     def train_messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the round's public prompts and the previous round's pseudo-labels."""
-        prompts = public_slice(self.split.public, server_round, self.app.fedsem.prompts_per_round)
-        self._prompts[server_round] = prompts
+        prompts = self.round_prompts(server_round)
         node_ids = self.train_nodes(grid)
         log(
             INFO,
@@ -251,7 +253,7 @@ class FedSem(AppStrategy):
         Answers to single prompts that cannot vote (too long, not finite) leave only
         those prompts out; the log says which.
         """
-        ids = [q.id for q in self._prompts[server_round]]
+        ids = [q.id for q in self.round_prompts(server_round)]
         answers, reason = check_answers(message.content, ids, self.app.fedsem.max_answer_chars)
         if answers is not None and answers.problems:
             log(
@@ -264,18 +266,9 @@ class FedSem(AppStrategy):
             )
         return answers, reason
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """The shared pipeline; this round's prompts are forgotten afterwards."""
-        try:
-            return super().aggregate_train(server_round, replies)
-        finally:
-            self._prompts.pop(server_round, None)
-
     def combine(self, server_round: int, voters: list[Vetted]) -> Combined:
         """Embed the answers, form the consensus and keep the pseudo-labels."""
-        prompts = self._prompts[server_round]
+        prompts = self.round_prompts(server_round)
         cfg = self.app.fedsem
         texts, answered, confidences, finished = answer_grid([a for _, a in voters])
         mask = answered if cfg.vote_unfinished else answered & finished
