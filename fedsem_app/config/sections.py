@@ -317,11 +317,50 @@ class EvalConfig:
     the demo run short; a study should use 0). ``generate`` False
     scores only the reference answers' NLL (one forward pass, no generation), so
     ROUGE-L and embed-sim are not measured: for budgets where generating answers
-    to every test prompt every round costs more than the training.
+    to every test prompt every round costs more than the training. ``every`` N
+    evaluates round 0, every N-th round and the last round only (see
+    :func:`is_eval_round`): generation metrics at a fraction of the cost.
     """
 
     num_prompts: int = 16
     generate: bool = True
+    every: int = 1
 
     def __post_init__(self) -> None:
         check(self.num_prompts >= 0, "eval.num-prompts", "must be >= 0 (0 = all test prompts)")
+        check(
+            self.every >= 1,
+            "eval.every",
+            f"must be a positive integer (1 = every round), got {self.every}",
+        )
+
+    def evaluates(self, server_round: int, num_rounds: int) -> bool:
+        """Whether a round of a ``num_rounds`` run is evaluated (see :func:`is_eval_round`)."""
+        return is_eval_round(server_round, num_rounds, self.every)
+
+
+def is_eval_round(server_round: int, num_rounds: int, every: int) -> bool:
+    """Whether a round is evaluated under ``eval.every``.
+
+    Round 0 (the untrained models: every gain is measured from it) and the last
+    round (the run's result) always are; in between, every ``every``-th round.
+
+    Parameters
+    ----------
+    server_round
+        The round, 0 for the evaluation before training.
+    num_rounds
+        The run's total number of rounds (``num-server-rounds``).
+    every
+        ``eval.every`` (>= 1; 1 evaluates every round).
+
+    Returns
+    -------
+    bool
+    """
+    return server_round == 0 or server_round % every == 0 or server_round == num_rounds
+
+
+def evaluated_rounds(num_rounds: int, every: int) -> list[int]:
+    """The rounds ``0..num_rounds`` that are evaluated, in order (see :func:`is_eval_round`)."""
+    return [r for r in range(num_rounds + 1) if is_eval_round(r, num_rounds, every)]

@@ -7,12 +7,14 @@ Layout of ``<results root>/<run name>/``::
     config.json              resolved run config (flat keys, as in pyproject)
     metrics.json / .csv      one row per round: quality, bytes, seconds, drops
     clients.jsonl            per-client metrics of every round and phase
+    prompt_scores.jsonl      per-client, per-prompt scores of every evaluated round
     consensus_samples.jsonl  sampled prompts with every client's answer and the choice
     quality.png, bytes.png   plots, refreshed each round (pick_share.png for fedsem)
     summary.json             final row, gain over round 0, totals, written when the run ends
 
 Round 0 is the evaluation of the untrained models, before any training: every
-gain is measured from it.
+gain is measured from it. With ``eval.every`` > 1 some rounds are not evaluated:
+their rows say ``evaluated: false`` and carry no quality columns.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import csv
 import io
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from logging import INFO, WARNING
 from pathlib import Path
@@ -36,7 +38,18 @@ from fedsem_app.run.meter import human_bytes
 
 QUALITY_KEYS = ("rouge-l", "embed-sim")
 # Files that grow by appending during a round; a checkpoint keeps their sizes.
-APPEND_ONLY_LOGS = ("clients.jsonl", "consensus_samples.jsonl")
+APPEND_ONLY_LOGS = ("clients.jsonl", "consensus_samples.jsonl", "prompt_scores.jsonl")
+EVALUATED = "evaluated"  # row column: False on a round that eval.every skips
+
+
+def is_evaluated(row: Mapping[str, Any]) -> bool:
+    """Whether a metrics row comes from an evaluated round (rows without the column do)."""
+    return row.get(EVALUATED, True) is not False
+
+
+def evaluated_rows(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows of evaluated rounds only: what quality plots and targets read."""
+    return [r for r in rows if is_evaluated(r)]
 
 
 def make_run_folder(root: Path, run_name: str, strategy: str) -> Path:
@@ -56,6 +69,8 @@ def format_progress(row: Mapping[str, Any], num_rounds: int) -> str:
     quality = " ".join(
         f"{k} {row[k]:.3f}" for k in ("rouge-l", "embed-sim", "nll") if is_finite(row.get(k))
     )
+    if not is_evaluated(row):
+        quality = "not evaluated (eval.every)"
     return (
         f"[round {row['round']}/{num_rounds}] {quality or 'no evaluation'} | "
         f"down {human_bytes(row.get('bytes-down', 0))} up {human_bytes(row.get('bytes-up', 0))} "
@@ -115,6 +130,12 @@ class RunLog:
                     json.dumps({"round": server_round, "phase": phase, **row}, default=jsonable)
                     + "\n"
                 )
+
+    def add_prompt_scores(self, server_round: int, rows: list[Mapping[str, Any]]) -> None:
+        """Append per-client, per-prompt evaluation scores (see :func:`prompt_score_rows`)."""
+        with open(self.folder / "prompt_scores.jsonl", "a") as fh:
+            for row in rows:
+                fh.write(json.dumps({"round": server_round, **row}, default=jsonable) + "\n")
 
     def add_samples(self, server_round: int, samples: list[Mapping[str, Any]]) -> None:
         """Append consensus samples (prompt, every client's answer, the choice)."""
@@ -261,16 +282,17 @@ def plot_run(rows: list[Mapping[str, Any]], folder: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     rounds = [r["round"] for r in rows]
+    evaluated = evaluated_rows(rows)  # rounds eval.every skipped have no quality
     fig, (ax, ax_nll) = plt.subplots(1, 2, figsize=(9, 3.5))
     for axis, keys in ((ax, QUALITY_KEYS), (ax_nll, ("nll",))):
         for key in keys:
-            points = [(r["round"], r[key]) for r in rows if is_finite(r.get(key))]
+            points = [(r["round"], r[key]) for r in evaluated if is_finite(r.get(key))]
             if not points:
                 continue
             (line,) = axis.plot(*zip(*points, strict=True), marker="o", label=key)
             band = [
                 (r["round"], r[f"{key}-low"], r[f"{key}-high"])
-                for r in rows
+                for r in evaluated
                 if is_finite(r.get(f"{key}-low")) and is_finite(r.get(f"{key}-high"))
             ]
             if band:
@@ -352,6 +374,36 @@ def client_rows(replies: Iterable[Any]) -> list[dict[str, Any]]:
                 "model": info.get(p.MODEL_NAME, ""),
                 **{k: v for k, v in metrics.items() if not isinstance(v, list)},
                 **quality_intervals([metrics]),
+            }
+        )
+    return rows
+
+
+def prompt_score_rows(replies: Iterable[Any], ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Per-client rows of an evaluated round's per-prompt scores, with the test prompt ids.
+
+    Every list metric of a reply that has one value per test prompt (the lists of
+    :data:`fedsem_app.protocol.PER_PROMPT` and the NLL sums and token counts) is
+    kept, in the order of ``ids``: within a seed every strategy is evaluated on
+    the same prompts, so runs can be compared prompt by prompt.
+    """
+    ids = [int(i) for i in ids]
+    rows = []
+    for msg in replies:
+        info = msg.content.get(p.INFO, {})
+        metrics = dict(msg.content[p.METRICS])
+        name = info.get(p.CLIENT_NAME, "")
+        rows.append(
+            {
+                "node": msg.metadata.src_node_id,
+                **({"client": name} if name else {}),
+                "model": info.get(p.MODEL_NAME, ""),
+                "ids": ids,
+                **{
+                    k: [float(x) for x in v]
+                    for k, v in metrics.items()
+                    if isinstance(v, list) and len(v) == len(ids)
+                },
             }
         )
     return rows

@@ -127,11 +127,11 @@ class FedAvgLora(AppStrategy):
         self._layout = adapter_layout(arrays)
         return super().train_messages(server_round, self.on_the_wire(arrays), config, grid)
 
-    def configure_evaluate(
+    def evaluate_messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Evaluate the global adapter as the clients receive it (quantized if configured)."""
-        return super().configure_evaluate(server_round, self.on_the_wire(arrays), config, grid)
+        return super().evaluate_messages(server_round, self.on_the_wire(arrays), config, grid)
 
     def combine(self, server_round: int, vetted: list[Vetted]) -> Combined:
         """Flower's strategy of ``aggregation.rule``, or an equal-weight mean under DP."""

@@ -76,12 +76,12 @@ class FedIT(FedAvgLora):
         config.update(p.TrainRequest(template=self.template).to_config())
         return super().train_messages(server_round, arrays, config, grid)
 
-    def configure_evaluate(
+    def evaluate_messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Evaluate with the template the adapter was trained with."""
         config.update(p.TrainRequest(template=self.template).to_config())
-        return super().configure_evaluate(server_round, arrays, config, grid)
+        return super().evaluate_messages(server_round, arrays, config, grid)
 
     def summary(self) -> None:
         """Log the strategy's settings."""

@@ -15,8 +15,11 @@ strategy, written once here:
    (logged with their node), let the strategy :meth:`AppStrategy.vet` each reply
    that is left, check that enough remain, let the strategy
    :meth:`AppStrategy.combine` them, and record the metrics.
-3. ``configure_evaluate`` / ``aggregate_evaluate``: the same held-out test
-   prompts in every evaluate message, the same checks, and the round's row closed.
+3. ``configure_evaluate`` / ``aggregate_evaluate``: on the rounds ``eval.every``
+   evaluates, the strategy's :meth:`AppStrategy.evaluate_messages` with the same
+   held-out test prompts in every one and the same checks; on the others no
+   message at all and a row that says ``evaluated: false``. Then the round's row
+   is closed.
 
 A strategy supplies only what differs: what it sends, how it vets a reply and
 how it combines the vetted ones.
@@ -40,7 +43,7 @@ from fedsem_app import protocol as p
 from fedsem_app.config.app import AppConfig
 from fedsem_app.data.split import DataSplit
 from fedsem_app.run.intervals import quality_intervals
-from fedsem_app.run.results import RunLog, client_rows
+from fedsem_app.run.results import EVALUATED, RunLog, client_rows, prompt_score_rows
 from fedsem_app.spec.apply import log_node_check
 from fedsem_app.strategies.resume import ResumableStrategy
 from fedsem_app.strategies.validation import check_metrics, reply_error, set_aside_unshared
@@ -314,12 +317,29 @@ class AppStrategy(ResumableStrategy):
             log_node_check(self.expected_clients, replies)
         self.aggregate_evaluate(0, replies)
 
+    def evaluates(self, server_round: int) -> bool:
+        """Whether ``eval.every`` evaluates this round (round 0 and the last always)."""
+        return self.app.eval.evaluates(server_round, self.app.num_server_rounds)
+
     # --- what a strategy supplies ----------------------------------------------------
     def train_messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """The round's train messages: Flower's (sampled nodes, arrays and config)."""
         return self.flower.configure_train(server_round, arrays, config, grid)
+
+    def evaluate_messages(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Flower's evaluate messages plus the shared held-out test prompts."""
+        messages = list(self.flower.configure_evaluate(server_round, arrays, config, grid))
+        for msg in messages:
+            msg.content[p.TEST] = self._test
+            # Text strategies: no adapter, not even an empty record (messages may share
+            # one content, so check before deleting).
+            if len(arrays) == 0 and p.ADAPTER in msg.content:
+                del msg.content[p.ADAPTER]
+        return messages
 
     def vet(self, server_round: int, message: Message) -> tuple[Any, str | None]:
         """Check a usable train reply: what the strategy reads from it, or why it cannot.
@@ -387,20 +407,31 @@ class AppStrategy(ResumableStrategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Flower's evaluate messages plus the shared held-out test prompts."""
-        messages = list(self.flower.configure_evaluate(server_round, arrays, config, grid))
-        for msg in messages:
-            msg.content[p.TEST] = self._test
-            # Text strategies: no adapter, not even an empty record (messages may share
-            # one content, so check before deleting).
-            if len(arrays) == 0 and p.ADAPTER in msg.content:
-                del msg.content[p.ADAPTER]
-        return messages
+        """The strategy's evaluate messages, or none on a round ``eval.every`` skips.
+
+        Flower's round loop asks for evaluate messages every round; sending none
+        skips the clients' evaluation (and its cost) without changing the loop.
+        """
+        if not self.evaluates(server_round):
+            log(
+                INFO, "round %d: not evaluated (eval.every = %d)", server_round, self.app.eval.every
+            )
+            return []
+        return self.evaluate_messages(server_round, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Average evaluation metrics by example count and close the round's row."""
+        """Average evaluation metrics by example count and close the round's row.
+
+        A round that ``eval.every`` skips gets ``evaluated: false`` and no quality
+        columns. Each evaluated reply's per-prompt scores go to ``prompt_scores.jsonl``
+        (the paired comparisons between strategies resample them).
+        """
+        if not self.evaluates(server_round):
+            self.run_log.add(server_round, {EVALUATED: False})
+            self.run_log.close_round(server_round)
+            return None
         required = EVAL_METRICS if self.app.eval.generate else (p.NUM_EXAMPLES, p.NLL)
         kept, dropped = self.usable(server_round, replies, "evaluate", required)
         aside = self.set_aside(server_round, "evaluate", kept)
@@ -408,8 +439,13 @@ class AppStrategy(ResumableStrategy):
         for row in rows:
             row.update(aside.get(row["node"], {}))
         self.run_log.add_clients(server_round, "evaluate", rows)
+        self.run_log.add_prompt_scores(server_round, prompt_score_rows(kept, self._test[p.IDS]))
         metrics = self.flower.aggregate_evaluate(server_round, kept) if kept else None
-        row: dict[str, Any] = {"eval-replies": len(kept), "eval-dropped": dropped}
+        row: dict[str, Any] = {
+            EVALUATED: True,
+            "eval-replies": len(kept),
+            "eval-dropped": dropped,
+        }
         if metrics is not None:
             # Per-prompt lists become intervals; the row keeps numbers only.
             row.update({k: v for k, v in metrics.items() if not isinstance(v, list)})
@@ -428,4 +464,11 @@ class AppStrategy(ResumableStrategy):
             self.flower.fraction_train,
             self.flower.fraction_evaluate,
         )
-        log(INFO, "\t└── test prompts: %d", len(self._test[p.IDS]))
+        log(
+            INFO,
+            "\t└── test prompts: %d, evaluated %s",
+            len(self._test[p.IDS]),
+            "every round"
+            if self.app.eval.every == 1
+            else f"at round 0, every {self.app.eval.every} rounds and the last",
+        )

@@ -53,7 +53,7 @@ class Local(AppStrategy):
         log(INFO, "configure_train: %d nodes train on their own data", len(node_ids))
         return build_messages(RecordDict({p.TRAIN_CONFIG: config}), node_ids, MessageType.TRAIN)
 
-    def configure_evaluate(
+    def evaluate_messages(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the shared test prompts; each client evaluates its own adapter."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from fedsem_app.files import is_finite
 from fedsem_app.run.meter import human_bytes
+from fedsem_app.run.results import evaluated_rows
 
 QUALITY = (("rouge-l", "ROUGE-L"), ("embed-sim", "embedding similarity"))
 
@@ -156,13 +157,14 @@ def table_row(run: RunRecord) -> dict[str, Any]:
     rows = run.rows
     last = rows[-1] if rows else {}
     trained = [r for r in rows if r.get("round", 0) > 0]  # round 0 only evaluates
+    evaluated = evaluated_rows(trained)  # eval.every may skip rounds
     row: dict[str, Any] = {
         "strategy": run.label,
         "status": "ok" if run.ok else "failed",
         "rounds": len(trained),
     }
     for key in ("rouge-l", "embed-sim", "nll"):
-        values = metric_values(trained, key)
+        values = metric_values(evaluated, key)
         row[f"{key}-final"] = float(last[key]) if is_finite(last.get(key)) else None
         row[f"{key}-best"] = (min if key == "nll" else max)(values) if values else None
     total = last.get("bytes-cumulative") if is_finite(last.get("bytes-cumulative")) else None
@@ -281,7 +283,7 @@ def _plot(runs: Sequence[RunRecord], path: Path, x_key: str, x_label: str, log_x
         for run in runs:
             points = [
                 (r[x_key], r[key])
-                for r in run.rows
+                for r in evaluated_rows(run.rows)  # rounds eval.every skipped have none
                 if is_finite(r.get(key)) and is_finite(r.get(x_key)) and (r[x_key] > 0 or not log_x)
             ]
             if points:

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedsem_app.files import is_finite
 from fedsem_app.run.meter import human_bytes
+from fedsem_app.run.results import evaluated_rows
 from fedsem_app.tools.comparison import RunRecord, metric_values
 
 GAIN_SIGN = {"rouge-l": 1.0, "embed-sim": 1.0, "nll": -1.0}
@@ -25,8 +26,9 @@ def gain_per_round(rows: Sequence[Mapping[str, Any]], key: str) -> dict[int, flo
     """Improvement of ``key`` over round 0 after every round (positive = better).
 
     NLL improves downwards, so its gain is ``round-0 NLL - NLL``. Empty without a
-    round-0 row.
+    round-0 row. Only evaluated rounds have a gain (``eval.every`` may skip some).
     """
+    rows = evaluated_rows(rows)
     base = next((r[key] for r in rows if r.get("round") == 0 and is_finite(r.get(key))), None)
     if base is None:
         return {}
@@ -50,7 +52,12 @@ def _spread(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def first_reaching(rows: Sequence[Mapping[str, Any]], key: str, target: float) -> dict | None:
-    """Cumulative bytes and seconds at the first round whose gain reaches ``target``."""
+    """Cumulative bytes and seconds at the first round whose gain reaches ``target``.
+
+    Only evaluated rounds count: with ``eval.every`` > 1 the target may have been
+    reached in a skipped round before, so the cost is an upper bound at that
+    granularity.
+    """
     gains = gain_per_round(rows, key)
     for r in rows:
         rnd = r.get("round", 0)
@@ -179,7 +186,7 @@ def plot_seeds(runs: Sequence[RunRecord], path: Path, metrics: Sequence[str] = (
             per_round: dict[int, list[float]] = {}
             for run in runs:
                 if run.label == label and run.ok:
-                    for row in run.rows:
+                    for row in evaluated_rows(run.rows):
                         if is_finite(row.get(metric)):
                             per_round.setdefault(int(row["round"]), []).append(float(row[metric]))
             if not per_round:
