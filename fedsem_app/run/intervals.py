@@ -10,6 +10,9 @@ test prompts of the same kind. Pure functions over numpy arrays.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
 RESAMPLES = 1000
@@ -151,3 +154,93 @@ def quality_intervals(records) -> dict[str, float]:
     if sums is not None and counts is not None and sums.shape == counts.shape:
         out[f"{p.NLL}-low"], out[f"{p.NLL}-high"] = ratio_interval(sums, counts)
     return out
+
+
+@dataclass(frozen=True)
+class PromptScores:
+    """One run's per-prompt scores of one metric: ``(C, N)`` arrays, C clients on N prompts.
+
+    The metric of a set of prompts is, per client, ``sum(values) / sum(counts)``
+    over those prompts, then the mean over clients: with ``counts`` all ones that
+    is the mean per-prompt score (ROUGE-L, embed-sim); with token counts and summed
+    token NLLs it is the reference NLL, as each client reports it.
+    """
+
+    values: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, values, counts=None) -> PromptScores:
+        """Scores from ``(C, N)`` (or ``(N,)``) values; ``counts`` default to ones."""
+        values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+        counts = np.ones_like(values) if counts is None else counts
+        counts = np.atleast_2d(np.asarray(counts, dtype=np.float64))
+        if values.shape != counts.shape:
+            raise ValueError(f"values {values.shape} and counts {counts.shape} differ in shape")
+        return cls(values, counts)
+
+    @property
+    def num_prompts(self) -> int:
+        """N, the number of prompts."""
+        return self.values.shape[1]
+
+    def overall(self) -> float:
+        """The metric on all N prompts."""
+        return float(self.metric(np.arange(self.num_prompts)[None, :])[0])
+
+    def metric(self, idx: np.ndarray) -> np.ndarray:
+        """The metric on each row of prompt indices ``idx`` (``(B, N')``): shape ``(B,)``."""
+        sums = self.values[:, idx].sum(axis=2)
+        counts = np.maximum(self.counts[:, idx].sum(axis=2), 1e-12)
+        return (sums / counts).mean(axis=0)
+
+
+def paired_difference(
+    pairs: Sequence[tuple[PromptScores, PromptScores]],
+    *,
+    sign: float = 1.0,
+    resamples: int = RESAMPLES,
+    level: float = LEVEL,
+    seed: int = SEED,
+) -> tuple[float, float, float]:
+    """Mean over seeds of a variant's difference to a reference, with a paired bootstrap interval.
+
+    Within a seed every strategy is evaluated on the same test prompts, so the
+    prompts are resampled once per seed and the same resample scores both runs:
+    what the prompts have in common cancels, and the interval shows what the
+    choice of prompts leaves of the difference. Each resample averages the
+    per-seed differences over seeds (the seeds themselves are not resampled).
+
+    Parameters
+    ----------
+    pairs
+        Per seed, ``(variant, reference)`` scores on the same prompts in the same
+        order (the client counts may differ).
+    sign
+        +1 where higher is better, -1 where lower is (NLL): positive = better.
+    resamples, level, seed
+        As in :func:`mean_interval`; one generator, seeded once, draws the
+        resamples of every seed in turn.
+
+    Returns
+    -------
+    tuple
+        ``(difference, low, high)``: the mean over seeds of the full-set difference
+        and the interval.
+    """
+    if not pairs:
+        raise ValueError("no seed with scores of both runs")
+    rng = np.random.default_rng(seed)
+    point = 0.0
+    stats = np.zeros(resamples)
+    for variant, reference in pairs:
+        n = variant.num_prompts
+        if reference.num_prompts != n:
+            raise ValueError(
+                f"paired scores need the same prompts: {n} and {reference.num_prompts}"
+            )
+        point += sign * (variant.overall() - reference.overall())
+        idx = rng.integers(0, n, size=(resamples, n))
+        stats += sign * (variant.metric(idx) - reference.metric(idx))
+    low, high = _bounds(stats / len(pairs), level)
+    return point / len(pairs), low, high

@@ -13,12 +13,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedsem_app import protocol as p
 from fedsem_app.files import is_finite
+from fedsem_app.run.intervals import PromptScores, paired_difference
 from fedsem_app.run.meter import human_bytes
 from fedsem_app.run.results import evaluated_rows
 from fedsem_app.tools.comparison import RunRecord, metric_values
 
 GAIN_SIGN = {"rouge-l": 1.0, "embed-sim": 1.0, "nll": -1.0}
+# What every variant is held against, prompt by prompt (the paired-prompts table).
+REFERENCES = ("local", "fedavg-lora")
 TARGET_SHARE = 0.9  # cost to target: 90 % of the reference's final gain over round 0
 
 
@@ -366,21 +370,184 @@ def paired_markdown(
     return text
 
 
+def read_prompt_scores(run: RunRecord) -> dict[str, tuple[list[int], PromptScores]]:
+    """The final round's per-prompt scores of a run, by metric, with the prompt ids.
+
+    Read from ``prompt_scores.jsonl`` (one line per client and evaluated round):
+    every metric of :data:`fedsem_app.protocol.PER_PROMPT` whose list is there,
+    and the NLL from its per-prompt sums and token counts. Clients whose prompts
+    differ from the first client's are left out. Empty if the file has no lines of
+    the run's last round.
+    """
+    path = run.folder / "prompt_scores.jsonl" if run.folder else None
+    if path is None or not path.is_file() or not run.rows:
+        return {}
+    last = run.rows[-1].get("round")
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = sorted((x for x in lines if x.get("round") == last), key=lambda x: x.get("node", 0))
+    if not lines:
+        return {}
+    ids = [int(i) for i in lines[0]["ids"]]
+    lines = [x for x in lines if [int(i) for i in x["ids"]] == ids]
+    out: dict[str, tuple[list[int], PromptScores]] = {}
+    for metric, key in p.PER_PROMPT.items():
+        if all(key in x for x in lines):
+            out[metric] = (ids, PromptScores.of([x[key] for x in lines]))
+    if all(p.NLL_SUMS in x and p.NLL_TOKENS in x for x in lines):
+        sums = [x[p.NLL_SUMS] for x in lines]
+        out[p.NLL] = (ids, PromptScores.of(sums, [x[p.NLL_TOKENS] for x in lines]))
+    return out
+
+
+def _common_prompts(
+    a: tuple[list[int], PromptScores], b: tuple[list[int], PromptScores]
+) -> tuple[PromptScores, PromptScores] | None:
+    """Both runs' scores on the prompts they share, in the same order (None if none)."""
+    (ids_a, sa), (ids_b, sb) = a, b
+    if ids_a == ids_b:
+        return sa, sb
+    where_b = {i: k for k, i in enumerate(ids_b)}
+    shared = [(k, where_b[i]) for k, i in enumerate(ids_a) if i in where_b]
+    if not shared:
+        return None
+    ka, kb = (list(x) for x in zip(*shared, strict=True))
+    return (
+        PromptScores(sa.values[:, ka], sa.counts[:, ka]),
+        PromptScores(sb.values[:, kb], sb.counts[:, kb]),
+    )
+
+
+def paired_prompt_rows(
+    runs: Sequence[RunRecord],
+    baselines: Mapping[str, str] | None = None,
+    references: Sequence[str] = REFERENCES,
+) -> list[dict[str, Any]]:
+    """Each variant against ``local`` and ``fedavg-lora``, per metric, paired by prompt and seed.
+
+    Per metric with per-prompt scores (ROUGE-L, embed-sim, NLL, any other list of
+    :data:`fedsem_app.protocol.PER_PROMPT`): the mean ± standard deviation over
+    seeds of the final difference, and a 95 % interval from a bootstrap over test
+    prompts within each seed, the same resampled prompts for both runs, per-seed
+    differences averaged over seeds (:func:`~fedsem_app.run.intervals.paired_difference`).
+
+    Parameters
+    ----------
+    runs
+        Finished runs, several per label (one per seed).
+    baselines
+        label -> the label it is held against instead of ``local`` (e.g. the
+        heterogeneous variants against ``local-hetero``).
+    references
+        The labels every variant is held against.
+
+    Returns
+    -------
+    list of dict
+        ``label``, ``reference``, ``metric``, ``seeds``, ``better`` (seeds with a
+        positive difference), ``diff`` / ``diff-std`` (over seeds), ``low`` /
+        ``high`` (the interval) and ``per-seed``; positive = better than the reference.
+    """
+    scores: dict[str, dict[Any, dict[str, tuple[list[int], PromptScores]]]] = {}
+    for run in runs:
+        if run.ok and (found := read_prompt_scores(run)):
+            scores.setdefault(run.label, {})[_seed(run)] = found
+    baselines = baselines or {}
+    table = []
+    for label, by_seed in scores.items():
+        against = [baselines.get(label, ref) if ref == "local" else ref for ref in references]
+        for reference in dict.fromkeys(against):
+            theirs = scores.get(reference, {})
+            if reference == label or not theirs:
+                continue
+            metrics = sorted({m for s in by_seed.values() for m in s}, key=_metric_order)
+            for metric in metrics:
+                seeds, pairs = [], []
+                for s, mine in sorted(by_seed.items()):
+                    if metric in mine and metric in theirs.get(s, {}):
+                        pair = _common_prompts(mine[metric], theirs[s][metric])
+                        if pair is not None:
+                            seeds.append(s)
+                            pairs.append(pair)
+                if not pairs:
+                    continue
+                sign = GAIN_SIGN.get(metric, 1.0)
+                # + 0.0: a difference of nothing prints as 0.000, not -0.000 (NLL's sign).
+                per_seed = [sign * (a.overall() - b.overall()) + 0.0 for a, b in pairs]
+                diff, low, high = paired_difference(pairs, sign=sign)
+                _, std = _spread(per_seed)
+                table.append(
+                    {
+                        "label": label,
+                        "reference": reference,
+                        "metric": metric,
+                        "seeds": len(pairs),
+                        "better": sum(d > 0 for d in per_seed),
+                        "diff": diff,
+                        "diff-std": std,
+                        "low": low,
+                        "high": high,
+                        "per-seed": dict(zip(seeds, per_seed, strict=True)),
+                    }
+                )
+    return table
+
+
+def _metric_order(metric: str) -> tuple[int, str]:
+    known = list(GAIN_SIGN)
+    return (known.index(metric), metric) if metric in known else (len(known), metric)
+
+
+def _signed(mean: float, std: float | None) -> str:
+    return f"{mean + 0.0:+.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
+
+def paired_prompt_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The paired-prompts table as Markdown (empty string when there is none)."""
+    if not rows:
+        return ""
+    text = (
+        "\nDifference to the reference, paired by seed and test prompt (positive = better "
+        "than the reference; NLL: lower is better). Mean ± std over seeds of the final "
+        "difference, and a 95 % interval from a bootstrap over test prompts within each "
+        "seed (the same resampled prompts for both runs), per-seed differences averaged "
+        "over seeds.\n\n| variant | reference | metric | seeds | better in | difference "
+        "| 95 % interval (prompts) | per seed |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    for r in rows:
+        seeds = ", ".join(f"s{s}: {d:+.3f}" for s, d in r["per-seed"].items())
+        text += (
+            f"| {r['label']} | {r['reference']} | {r['metric']} | {r['seeds']} "
+            f"| {r['better']}/{r['seeds']} | {_signed(r['diff'], r['diff-std'])} "
+            f"| [{r['low']:+.3f}, {r['high']:+.3f}] | {seeds} |\n"
+        )
+    return text
+
+
 def write_study(
     runs: Sequence[RunRecord],
     out: Path,
     notes: Mapping[str, str],
     baselines: Mapping[str, str] | None = None,
 ) -> list[dict]:
-    """Write ``study.md``, ``study.csv`` and ``study_quality.png`` for runs over seeds.
+    """Write ``study.md``, ``study.csv``, ``paired.csv`` and ``study_quality.png``.
 
-    ``baselines`` (label -> label) adds the paired-by-seed and per-model NLL tables.
+    ``baselines`` (label -> label) adds the paired-by-seed and per-model NLL tables;
+    the paired-by-prompt table (:func:`paired_prompt_rows`) holds every variant
+    against ``local`` (or its baseline) and ``fedavg-lora`` where their runs wrote
+    per-prompt scores.
     """
     out.mkdir(parents=True, exist_ok=True)
     table = study_rows(runs)
     baselines = baselines or {}
-    extra = paired_markdown(paired_rows(runs, baselines), model_rows(runs, baselines))
+    prompts = paired_prompt_rows(runs, baselines)
+    extra = paired_prompt_markdown(prompts)
+    extra += paired_markdown(paired_rows(runs, baselines), model_rows(runs, baselines))
     (out / "study.md").write_text(study_markdown(table, notes) + extra)
+    if prompts:
+        with open(out / "paired.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[k for k in prompts[0] if k != "per-seed"])
+            writer.writeheader()
+            writer.writerows([{k: v for k, v in r.items() if k != "per-seed"} for r in prompts])
     keys = list(dict.fromkeys(k for row in table for k in row))
     with open(out / "study.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
