@@ -213,6 +213,9 @@ def run_config(args: argparse.Namespace, layout: Layout) -> dict:
         "fedsem.prompts-per-round": args.prompts_per_round,
         "fedsem.samples-per-round": 0,
         "eval.num-prompts": args.eval_prompts,
+        # NLL only, every round: the study profile's generated answers are not needed here.
+        "eval.generate": False,
+        "eval.every": 1,
     }
 
 

@@ -245,7 +245,11 @@ def test_study_profile_and_seed_lists(tmp_path):
     cfg = load_app_config({**shared, "strategy": "fedsem"})
     # Nothing in the study profile names the packaged dataset: data.path can replace it.
     assert "data.name" not in shared and "data.path" not in shared
-    assert cfg.data.partitioner == "category" and cfg.eval.generate is False
+    assert cfg.data.partitioner == "category"
+    # Generated answers on every test prompt, evaluated before training and after the last
+    # round only.
+    assert cfg.eval.generate is True and cfg.eval.num_prompts == 0
+    assert cfg.eval.every == cfg.num_server_rounds
     good = tmp_path / "seeds.toml"
     good.write_text('[compare]\nstrategies = ["local"]\nseeds = [1, 2, 3]\n')
     assert read_profile(good)[1]["seeds"] == [1, 2, 3]

@@ -21,7 +21,9 @@ With several seeds (``--seeds 1,2,3`` or ``seeds = [1, 2, 3]`` in ``[compare]``)
 every strategy runs once per seed (the seed sets the split, the partitions, the
 LoRA initialisation and the batches), and ``study.md`` / ``study.csv`` /
 ``study_quality.png`` show each strategy's mean and standard deviation across
-seeds, its gain over round 0 and its cost to reach 90 % of ``pooled``'s gain.
+seeds, its gain over round 0 and its cost to reach 90 % of ``pooled``'s gain;
+``study.md`` and ``paired.csv`` also hold each strategy against ``local`` and
+``fedavg-lora``, paired by seed and test prompt, with bootstrap intervals.
 
 A profile is a run-config TOML file (as in ``conf/``) plus a ``[compare]``
 table::
