@@ -1,6 +1,6 @@
 """Poisoned clients: how much 0, 1 or 2 bad clients out of 5 move the result.
 
-Two parts, each with real models on the packaged construction FAQ:
+Three parts, each with real models on the packaged construction FAQ:
 
 ``text`` (FedSem)
     Five honest clients (SmolLM2-135M and Gemma-3-270M, alternating), each after
@@ -11,6 +11,11 @@ Two parts, each with real models on the packaged construction FAQ:
     the highest confidence: colluding). Every consensus rule picks one answer per
     prompt; we report how often it picked a poisoned answer and the ROUGE-L and
     embedding similarity of the picks to the reference answers.
+``stealthy`` (FedSem)
+    The same honest answers; the last of 3 (then of 5) clients answers honestly and
+    adds ``fault.text`` (``append``, ``prepend``, ``insert``). Every rule, with and
+    without sentence support (:mod:`fedsem_app.strategies.support`): how often the
+    payload is in the label, and what support costs honest labels (attack ``none``).
 ``adapter`` (FedAvg-LoRA)
     Five SmolLM2-135M clients train the same fresh global adapter on their
     partitions. Then 0, 1 or 2 of them send a ``scaled-adapter`` (x ``--scale``) or
@@ -69,29 +74,38 @@ def honest_clients(args: argparse.Namespace, models: list[str]):
         yield client, client.adapter_state(), len(private)
 
 
+_HONEST: dict = {}
+
+
+def honest_answers(args: argparse.Namespace, test) -> tuple[list[list[str]], list[list[float]]]:
+    """Every honest client's answers and confidences to the test prompts (K x P), once per run."""
+    from fedsem_app.config.sections import GenerationConfig
+
+    if "texts" not in _HONEST:
+        gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=16)
+        models = ["smollm2-135m", "gemma3-270m"] * 3
+        texts, confs = [], []
+        for client, _, _ in honest_clients(args, models[:NUM_CLIENTS]):
+            answers, confidences = client.generate([q.prompt for q in test], gen)
+            texts.append(list(answers))
+            confs.append([float(c) for c in confidences])
+        _HONEST.update(texts=texts, confs=confs)
+    return _HONEST["texts"], _HONEST["confs"]
+
+
 def text_part(args: argparse.Namespace, test) -> list[dict]:
     """Consensus quality with poisoned answers, for every rule and attack."""
     import torch
 
     from fedsem_app.clients.evaluation import rouge_l
     from fedsem_app.clients.faults import corrupt_answers
-    from fedsem_app.config.sections import (
-        FaultConfig,
-        FedSemConfig,
-        GenerationConfig,
-    )
+    from fedsem_app.config.sections import FaultConfig, FedSemConfig
     from fedsem_app.embedding import cosine_to_reference, embed
     from fedsem_app.strategies.consensus import CONSENSUS_RULES, consensus
 
     prompts = [q.prompt for q in test]
     references = [q.answer for q in test]
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=16)
-    models = ["smollm2-135m", "gemma3-270m"] * 3
-    texts, confs = [], []
-    for client, _, _ in honest_clients(args, models[:NUM_CLIENTS]):
-        answers, confidences = client.generate(prompts, gen)
-        texts.append(list(answers))
-        confs.append([float(c) for c in confidences])
+    texts, confs = honest_answers(args, test)
     cfg = FedSemConfig()
     rng = np.random.default_rng(args.seed)
     rows = []
@@ -133,6 +147,92 @@ def text_part(args: argparse.Namespace, test) -> list[dict]:
     # Context: an average honest client's own answers, no consensus.
     honest_rouge = np.mean([np.mean(rouge_l(t, references)) for t in texts])
     print(f"  an honest client's own answers: ROUGE-L {honest_rouge:.3f} on average")
+    return rows
+
+
+def stealthy_part(args: argparse.Namespace, test) -> list[dict]:
+    """Labels carrying a stealthy client's sentence, per rule, with and without support.
+
+    The last client of the first ``k`` (3, then 5) answers honestly and adds
+    ``fault.text`` (appended, prepended or inserted after the first sentence); the
+    others answer honestly. Every rule picks a label per prompt; sentence support
+    (``fedsem.sentence-support``) then trims it. Reported: how often the payload is
+    in the label, the labels' ROUGE-L to the references, and the support's seconds.
+    """
+    import torch
+
+    from fedsem_app.clients.evaluation import rouge_l
+    from fedsem_app.clients.faults import corrupt_answers
+    from fedsem_app.config.sections import FaultConfig, FedSemConfig
+    from fedsem_app.embedding import embed
+    from fedsem_app.strategies.consensus import CONSENSUS_RULES, consensus
+    from fedsem_app.strategies.support import support_labels
+
+    references = [q.answer for q in test]
+    texts, confs = honest_answers(args, test)
+    cfg = FedSemConfig()
+    payload = FaultConfig().text
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for k in (3, 5):
+        for attack in ("none", "append", "prepend", "insert"):
+            grid_texts, grid_confs = [list(t) for t in texts[:k]], [list(c) for c in confs[:k]]
+            if attack != "none":
+                grid_texts[-1], grid_confs[-1] = corrupt_answers(
+                    FaultConfig(mode=attack), texts[k - 1], confs[k - 1], rng
+                )
+            by_prompt = [list(col) for col in zip(*grid_texts, strict=True)]  # P x K
+            flat = [t for row in by_prompt for t in row]
+            vectors = embed(flat, cfg.embedder).reshape(len(test), k, -1)
+            mask = np.array([[bool(t.strip()) for t in row] for row in by_prompt])
+            conf = torch.tensor(grid_confs, dtype=torch.float64).T
+            for rule in CONSENSUS_RULES:
+                result = consensus(
+                    rule,
+                    torch.from_numpy(vectors),
+                    torch.from_numpy(mask),
+                    options=dict(cfg.rule_options).get(rule),
+                    confidences=conf,
+                )
+                plain = [
+                    row[i] if i >= 0 else None
+                    for row, i in zip(by_prompt, result.index, strict=True)
+                ]
+                t0 = time.perf_counter()
+                supported = support_labels(
+                    by_prompt,
+                    mask,
+                    result.index,
+                    lambda sentences: embed(sentences, cfg.embedder),
+                    cfg.support_threshold,
+                    cfg.support_share,
+                )
+                seconds = time.perf_counter() - t0
+                for defence, labels in (("off", plain), ("sentence-support", supported)):
+                    given = [
+                        (lbl, ref)
+                        for lbl, ref in zip(labels, references, strict=True)
+                        if lbl is not None
+                    ]
+                    rows.append(
+                        {
+                            "clients": k,
+                            "attack": attack,
+                            "rule": rule,
+                            "support": defence,
+                            "payload-in-label": float(
+                                np.mean([payload in lbl for lbl, _ in given]) if given else 0.0
+                            ),
+                            "attacker-picked": float(np.mean(result.index == k - 1)),
+                            "labelled": len(given) / len(test),
+                            "label-rouge-l": float(
+                                np.mean(rouge_l([g for g, _ in given], [r for _, r in given]))
+                            )
+                            if given
+                            else float("nan"),
+                            "support-seconds": seconds if defence != "off" else 0.0,
+                        }
+                    )
     return rows
 
 
@@ -182,7 +282,9 @@ def adapter_part(args: argparse.Namespace, test) -> list[dict]:
 def main() -> None:
     """Run the parts asked for and print one table each."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="text,adapter", help="text, adapter or both")
+    parser.add_argument(
+        "--parts", default="text,stealthy,adapter", help="comma-separated: text, stealthy, adapter"
+    )
     parser.add_argument("--prompts", type=int, default=32, help="held-out prompts (text part)")
     parser.add_argument("--steps", type=int, default=4, help="local LoRA steps per client")
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -214,6 +316,28 @@ def main() -> None:
                     ("picked-poisoned", "picked a poisoned answer", ".0%"),
                     ("rouge-l", "ROUGE-L", ".3f"),
                     ("embed-sim", "embed-sim", ".3f"),
+                ],
+            )
+        )
+    if "stealthy" in parts:
+        t0 = time.perf_counter()
+        print(f"stealthy part: 1 of 3 and 1 of 5 clients add a sentence, {len(test)} prompts")
+        rows = stealthy_part(args, test)
+        meta["stealthy-seconds"] = time.perf_counter() - t0
+        write_results(folder, "poisoning_stealthy", rows, meta)
+        print(
+            markdown(
+                rows,
+                [
+                    ("clients", "clients", ""),
+                    ("attack", "attack", ""),
+                    ("rule", "rule", ""),
+                    ("support", "sentence support", ""),
+                    ("attacker-picked", "attacker's answer chosen", ".0%"),
+                    ("payload-in-label", "payload in label", ".0%"),
+                    ("labelled", "prompts labelled", ".0%"),
+                    ("label-rouge-l", "label ROUGE-L", ".3f"),
+                    ("support-seconds", "support s", ".2f"),
                 ],
             )
         )

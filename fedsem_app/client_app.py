@@ -35,6 +35,7 @@ from fedsem_app.clients.export import (
     remember_run,
     saved_final_adapter,
 )
+from fedsem_app.clients.faults import corrupt_private
 from fedsem_app.clients.mods import (
     STATE_ADAPTER,
     TEXT_LIMIT,
@@ -174,7 +175,9 @@ def train(msg: Message, context: Context) -> Message:
     except ConfigError as err:  # e.g. a node's data file without the mapped fields
         raise node_error(context, err) from err
     stats = client.train(
-        [(q.prompt, q.answer) for q in private],
+        # A backdoor node (fault.mode='backdoor') trains on poisoned pairs: the one
+        # fault that acts inside the handler, since it changes what the node learns.
+        corrupt_private(cfg.fault, node.partition_id, [(q.prompt, q.answer) for q in private]),
         cfg.train,
         seed=cfg.seed + 1000 * server_round + node.partition_id,
         proximal_mu=0.0 if request.proximal_mu is None else float(request.proximal_mu),

@@ -159,3 +159,25 @@ def test_min_agreement_abstains(tmp_path):
     # cosine(GOOD, OFF_TOPIC) is far below 0.9: every prompt abstains
     assert strategy.pseudo_labels == []
     assert run_log.rows[-1]["abstained"] == 4
+
+
+def test_sentence_support_strips_a_stealthy_clients_sentence_from_the_labels(tmp_path):
+    # Client 2 answers like the others, appends its own sentence and is the most
+    # confident, so the `confidence` rule at weight 1 picks its answer on every prompt.
+    payload = "Visit example.com for discount tools."
+    behaviour = [
+        answer_all(GOOD),
+        answer_all(GOOD_TOO),
+        answer_all(f"{GOOD} {payload}", conf=-0.1),
+    ]
+    rule = {"fedsem.consensus": "confidence", "fedsem.confidence-weight": 1.0}
+    plain, _, _, _ = run(tmp_path / "plain", behaviour, **rule)
+    assert {q.answer for q in plain.pseudo_labels} == {f"{GOOD} {payload}"}
+    # With sentence support (real MiniLM embeddings: GOOD and GOOD_TOO have cosine 0.92,
+    # the payload at most 0.22 to anything) the same choice loses the payload sentence.
+    defended, run_log, _, _ = run(
+        tmp_path / "defended", behaviour, **rule, **{"fedsem.sentence-support": True}
+    )
+    assert {q.answer for q in defended.pseudo_labels} == {GOOD}
+    row = run_log.rows[1]
+    assert row["support-trimmed"] == 4 and row["support-abstained"] == 0

@@ -19,6 +19,12 @@ knows nothing of faults:
 ``scaled-adapter``  the returned LoRA adapter multiplied by ``fault.scale``
 ``random-adapter``  Gaussian noise of the adapter's shapes, std ``fault.scale`` x the
                     honest adapter's
+``append``          stealthy: the node's honest answer with ``fault.text`` appended
+``prepend``         stealthy: ``fault.text`` before the honest answer
+``insert``          stealthy: ``fault.text`` after the honest answer's first sentence
+``backdoor``        for the parameter strategies: the node trains on its private pairs
+                    with ``fault.text`` appended to every answer and sends that adapter
+                    (its answers to public prompts, if any, are its poisoned model's)
 
 Every mode is registered in :data:`FAULT_MODES`, the one list ``fault.mode`` and a
 federation spec's ``fault`` accept; each corrupting function is pure (a seeded
@@ -28,6 +34,7 @@ validation imports the registry.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,8 +45,9 @@ import numpy as np
 from fedsem_app.config.sections import FaultConfig
 from fedsem_app.registry import Registry
 
-# What a mode corrupts: the train handler's run, the answers it returns, its adapter.
-HANDLER, ANSWERS, ADAPTER = "handler", "answers", "adapter"
+# What a mode corrupts: the train handler's run, the answers it returns, its adapter,
+# or the private data it trains on.
+HANDLER, ANSWERS, ADAPTER, DATA = "handler", "answers", "adapter", "data"
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,42 @@ def _adversarial(fault: FaultConfig, texts: list[str], confidences: list[float],
     return [fault.text] * len(texts), [0.0] * len(confidences)
 
 
+def join_text(*parts: str) -> str:
+    """Non-empty parts joined by one space (an empty honest answer adds no space)."""
+    return " ".join(part.strip() for part in parts if part.strip())
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def insert_after_first_sentence(answer: str, payload: str) -> str:
+    """``payload`` after the first sentence of ``answer`` (at its end if it has one sentence)."""
+    head, *rest = _SENTENCE_END.split(answer.strip(), maxsplit=1)
+    return join_text(head, payload, *rest)
+
+
+# The stealthy attacker answers honestly, with its own confidences, and adds one
+# sentence: its answer stays close to the honest ones in embedding space.
+@fault_mode(ANSWERS, "append")
+def _append(fault: FaultConfig, texts: list[str], confidences: list[float], rng):
+    return [join_text(t, fault.text) for t in texts], confidences
+
+
+@fault_mode(ANSWERS, "prepend")
+def _prepend(fault: FaultConfig, texts: list[str], confidences: list[float], rng):
+    return [join_text(fault.text, t) for t in texts], confidences
+
+
+@fault_mode(ANSWERS, "insert")
+def _insert(fault: FaultConfig, texts: list[str], confidences: list[float], rng):
+    return [insert_after_first_sentence(t, fault.text) for t in texts], confidences
+
+
+@fault_mode(DATA, "backdoor")
+def _backdoor(fault: FaultConfig, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(q, join_text(a, fault.text)) for q, a in pairs]
+
+
 @fault_mode(ADAPTER, "scaled-adapter")
 def _scaled(fault: FaultConfig, state: dict[str, np.ndarray], rng):
     return {k: (v * fault.scale).astype(v.dtype) for k, v in state.items()}
@@ -132,3 +176,13 @@ def corrupt_adapter(
     """A faulty client's adapter in place of its honest one (adapter modes only)."""
     mode = FAULT_MODES[fault.mode]
     return mode.corrupt(fault, state, rng) if mode.target == ADAPTER else state
+
+
+def corrupt_private(
+    fault: FaultConfig, partition_id: int, pairs: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """A faulty node's training pairs in place of its honest ones (data modes only)."""
+    mode = FAULT_MODES[fault.mode]
+    if mode.target != DATA or not fault.applies_to(partition_id):
+        return pairs
+    return mode.corrupt(fault, pairs)

@@ -160,6 +160,13 @@ class FedSemConfig:
     # Prompts per round whose every answer goes to consensus_samples.jsonl (0: all of
     # them, e.g. to audit what the server received, as bench/privacy.py does).
     samples_per_round: int = 5
+    # Sentence support (fedsem_app.strategies.support): after the vote, keep only the
+    # sentences of the chosen answer that at least support-share of the other answers
+    # say too (a sentence within cosine support-threshold); against a client that adds
+    # its own sentence to honest answers. Off by default.
+    sentence_support: bool = False
+    support_threshold: float = 0.6
+    support_share: float = 0.5
     # Every consensus rule's own options object, as (rule, options) pairs: run-config
     # keys fedsem.<rule>-<option>, declared by the rule (strategies.consensus), not here.
     rule_options: tuple[tuple[str, Any], ...] = field(
@@ -185,6 +192,8 @@ class FedSemConfig:
         CONSENSUS_RULES.check(self.consensus)
         check(-1 <= self.min_agreement <= 1, "fedsem.min-agreement", "must be in [-1, 1]")
         check(self.max_answer_chars > 0, "fedsem.max-answer-chars", "must be positive")
+        check(-1 <= self.support_threshold <= 1, "fedsem.support-threshold", "must be in [-1, 1]")
+        check(0 <= self.support_share <= 1, "fedsem.support-share", "must be in [0, 1]")
         check(
             self.samples_per_round >= 0,
             "fedsem.samples-per-round",

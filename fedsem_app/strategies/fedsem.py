@@ -24,6 +24,7 @@ from fedsem_app.embedding import embed
 from fedsem_app.strategies import register_strategy
 from fedsem_app.strategies.consensus import ConsensusResult, consensus, text_key
 from fedsem_app.strategies.harness import AppStrategy, Combined, Vetted, build_messages, qa_record
+from fedsem_app.strategies.support import support_labels
 from fedsem_app.strategies.validation import ValidAnswers, check_answers
 
 
@@ -273,12 +274,26 @@ class FedSem(AppStrategy):
         texts, answered, confidences, finished = answer_grid([a for _, a in voters])
         mask = answered if cfg.vote_unfinished else answered & finished
         result, embed_seconds, consensus_seconds = vote_in_chunks(texts, mask, confidences, cfg)
-        chosen = [i for i in range(len(prompts)) if not result.abstained[i]]
+        label_texts = [texts[i][k] if k >= 0 else None for i, k in enumerate(result.index)]
+        support_seconds = 0.0
+        if cfg.sentence_support:
+            t0 = time.perf_counter()
+            label_texts = support_labels(
+                texts,
+                mask,
+                result.index,
+                lambda sentences: embed(sentences, cfg.embedder),
+                cfg.support_threshold,
+                cfg.support_share,
+            )
+            support_seconds = time.perf_counter() - t0
+        chosen_by_vote = [i for i in range(len(prompts)) if not result.abstained[i]]
+        chosen = [i for i in chosen_by_vote if label_texts[i] is not None]
         labels = {q.id: q for q in self.pseudo_labels} if cfg.label_memory else {}
         unfinished = set(self.unfinished) if cfg.label_memory else set()
         for i in chosen:
             q = prompts[i]
-            labels[q.id] = QAPair(q.id, q.prompt, texts[i][result.index[i]], q.category)
+            labels[q.id] = QAPair(q.id, q.prompt, label_texts[i], q.category)
             unfinished.discard(q.id)
             if not finished[i, result.index[i]]:
                 unfinished.add(q.id)
@@ -315,6 +330,7 @@ class FedSem(AppStrategy):
                         for k, (n, mdl) in enumerate(zip(nodes, models, strict=True))
                     ],
                     "chosen": int(result.index[i]),
+                    **({"label": label_texts[i]} if cfg.sentence_support else {}),
                     "agreement": float(result.agreement[i]),
                     "abstained": bool(result.abstained[i]),
                 }
@@ -332,6 +348,17 @@ class FedSem(AppStrategy):
             "agreement-mean": float(valid_agreement.mean()) if len(valid_agreement) else 0.0,
             "embed-seconds": embed_seconds,
             "consensus-seconds": consensus_seconds,
+            **(
+                {
+                    "support-seconds": support_seconds,
+                    "support-trimmed": sum(
+                        label_texts[i] != texts[i][result.index[i]] for i in chosen
+                    ),
+                    "support-abstained": len(chosen_by_vote) - len(chosen),
+                }
+                if cfg.sentence_support
+                else {}
+            ),
             "answers-masked": int((~mask).sum()),
         }
         per_client = {n: {"pick-share": float(s)} for n, s in zip(nodes, shares, strict=True)}
