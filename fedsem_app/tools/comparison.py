@@ -19,6 +19,7 @@ from typing import Any
 
 from fedsem_app.files import is_finite
 from fedsem_app.run.meter import human_bytes
+from fedsem_app.run.results import FACT_KEYS
 
 QUALITY = (("rouge-l", "ROUGE-L"), ("embed-sim", "embedding similarity"))
 
@@ -60,6 +61,17 @@ COLUMNS = {
     "run-seconds": "run s",
     "wall-seconds": "wall s",
 }
+# Shown after the NLL columns only where some run measured them (the facts data).
+FACT_COLUMNS = {f"{k}-final": k.replace("fact-accuracy", "fact acc.") + " final" for k in FACT_KEYS}
+
+
+def columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The table's columns: :data:`COLUMNS`, plus the fact-accuracy ones some row has."""
+    facts = {k: v for k, v in FACT_COLUMNS.items() if any(r.get(k) is not None for r in rows)}
+    keys = list(COLUMNS)
+    at = keys.index("nll-best") + 1
+    order = keys[:at] + list(facts) + keys[at:]
+    return {k: COLUMNS.get(k) or facts[k] for k in order}
 
 
 @dataclass
@@ -165,6 +177,8 @@ def table_row(run: RunRecord) -> dict[str, Any]:
         values = metric_values(trained, key)
         row[f"{key}-final"] = float(last[key]) if is_finite(last.get(key)) else None
         row[f"{key}-best"] = (min if key == "nll" else max)(values) if values else None
+    for key in FACT_KEYS:
+        row[f"{key}-final"] = float(last[key]) if is_finite(last.get(key)) else None
     total = last.get("bytes-cumulative") if is_finite(last.get("bytes-cumulative")) else None
     row["bytes-total"] = total
     row["bytes-per-round"] = total / len(trained) if total is not None and trained else None
@@ -192,23 +206,24 @@ def _fmt(key: str, value: Any) -> str:
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The rows as a GitHub Markdown table with human units."""
+    shown = columns(rows)
     lines = [
-        "| " + " | ".join(COLUMNS.values()) + " |",
-        "|" + "|".join("---" if k in ("strategy", "status") else "---:" for k in COLUMNS) + "|",
+        "| " + " | ".join(shown.values()) + " |",
+        "|" + "|".join("---" if k in ("strategy", "status") else "---:" for k in shown) + "|",
     ]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(k, row.get(k)) for k in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_fmt(k, row.get(k)) for k in shown) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path, extra: Sequence[str] = ()) -> None:
     """The rows as CSV with raw numbers (empty cells where unknown)."""
-    columns = [*COLUMNS, *extra]
+    names = [*columns(rows), *extra]
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=names, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in names})
 
 
 def setting(runs: Sequence[RunRecord]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
