@@ -177,8 +177,8 @@ def table_row(run: RunRecord) -> dict[str, Any]:
         values = metric_values(trained, key)
         row[f"{key}-final"] = float(last[key]) if is_finite(last.get(key)) else None
         row[f"{key}-best"] = (min if key == "nll" else max)(values) if values else None
-    for key in FACT_KEYS:
-        row[f"{key}-final"] = float(last[key]) if is_finite(last.get(key)) else None
+    # Only runs on data with short values measure these; the others get no column.
+    row.update({f"{k}-final": float(last[k]) for k in FACT_KEYS if is_finite(last.get(k))})
     total = last.get("bytes-cumulative") if is_finite(last.get("bytes-cumulative")) else None
     row["bytes-total"] = total
     row["bytes-per-round"] = total / len(trained) if total is not None and trained else None
