@@ -38,6 +38,9 @@ SETTING_KEYS = (
     "data.path",
     "data.partitioner",
     "data.dirichlet-alpha",
+    "data.role-field",
+    "data.facts-seed",
+    "data.facts-public-coverage",
     "eval.num-prompts",
 )
 RUN_KEYS = ("strategy", "run-name", "results-dir")  # differ by design
