@@ -289,3 +289,27 @@ def test_facts_run_reports_fact_accuracy_per_subset(tmp_path, tmp_path_factory):
     clients = [json.loads(line) for line in (run_log.folder / "clients.jsonl").open()]
     evaluated = [c for c in clients if c["phase"] == "evaluate"]
     assert len(evaluated) == 6 and all(k in c for c in evaluated for k in keys)
+
+
+def test_comparison_shows_fact_columns_only_where_measured():
+    from fedsem_app.tools.comparison import RunRecord, markdown_table, table_row
+
+    facts = RunRecord(
+        "local",
+        rows=[
+            {"round": 0, "nll": 3.0, "fact-accuracy": 0.0},
+            {"round": 1, "nll": 2.0, "fact-accuracy": 0.25, "fact-accuracy-own": 0.75},
+        ],
+    )
+    plain = RunRecord("local", rows=[{"round": 0, "nll": 3.0}, {"round": 1, "nll": 2.0}])
+
+    row = table_row(facts)
+    with_facts = markdown_table([row, table_row(plain)]).splitlines()
+    without = markdown_table([table_row(plain)]).splitlines()
+
+    assert row["fact-accuracy-final"] == 0.25 and row["fact-accuracy-own-final"] == 0.75
+    assert "fact-accuracy-covered-final" not in row  # not measured: no value, not 0
+    assert "| NLL best | fact acc. final | fact acc. own final | bytes total |" in with_facts[0]
+    assert "| 2.000 | 2.000 | 0.250 | 0.750 |" in with_facts[2]
+    assert "| 2.000 | 2.000 | – | – |" in with_facts[3]
+    assert "fact acc." not in without[0]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedsem_app import protocol as p
 from fedsem_app.files import is_finite
 from fedsem_app.run.meter import human_bytes
 from fedsem_app.run.results import FACT_KEYS
@@ -65,7 +66,10 @@ COLUMNS = {
     "wall-seconds": "wall s",
 }
 # Shown after the NLL columns only where some run measured them (the facts data).
-FACT_COLUMNS = {f"{k}-final": k.replace("fact-accuracy", "fact acc.") + " final" for k in FACT_KEYS}
+FACT_COLUMNS = {
+    f"{p.FACT_ACCURACY}-final": "fact acc. final",
+    **{f"{p.FACT_ACCURACY}-{s}-final": f"fact acc. {s} final" for s in p.FACT_SUBSETS},
+}
 
 
 def columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
