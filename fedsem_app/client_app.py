@@ -28,7 +28,7 @@ from flwr.clientapp import ClientApp
 from fedsem_app import protocol as p
 from fedsem_app.clients import load_client, resolve_device, set_num_threads
 from fedsem_app.clients.energy import energy_mod
-from fedsem_app.clients.evaluation import evaluate_client
+from fedsem_app.clients.evaluation import FactTargets, evaluate_client
 from fedsem_app.clients.export import (
     export_client,
     node_adapter_file,
@@ -157,6 +157,33 @@ def _pseudo(record: ConfigRecord | None) -> list[tuple[str, str, bool]]:
     return [(q, a, bool(f)) for (_, q, a), f in zip(pairs, finished, strict=True)]
 
 
+def _fact_targets(
+    record: ConfigRecord, cfg: AppConfig, node: NodeConfig, context: Context
+) -> FactTargets | None:
+    # The test record's short values, if it has them (facts data), with the subsets
+    # fact-accuracy is reported on: covered by a public prompt or not (as the server
+    # says), in this node's own private data or only in other clients' (its own data).
+    values = [str(v) for v in record.get(p.VALUES, [])]
+    if not values:
+        return None
+    subsets: list[tuple[str, tuple[bool, ...]]] = []
+    covered = [bool(c) for c in record.get(p.COVERED, [])]
+    if len(covered) == len(values):
+        subsets += [("covered", tuple(covered)), ("uncovered", tuple(not c for c in covered))]
+    facts = [str(f) for f in record.get(p.FACTS, [])]
+    if len(facts) == len(values) and any(facts):
+        try:
+            own_facts = {q.fact for q in private_pairs(cfg.data, cfg.seed, node) if q.fact}
+        except ConfigError as err:
+            raise node_error(context, err) from err
+        own = tuple(f in own_facts for f in facts)
+        subsets += [
+            ("own", own),
+            ("other", tuple(bool(f) and not o for f, o in zip(facts, own, strict=True))),
+        ]
+    return FactTargets(tuple(values), tuple(subsets))
+
+
 def _info(cfg: AppConfig, node: NodeConfig) -> ConfigRecord:
     return ConfigRecord({p.MODEL_NAME: node.model_name, p.CLIENT_NAME: node.client_name})
 
@@ -229,9 +256,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content.get(p.TRAIN_CONFIG, ConfigRecord())
     cfg, node, _, client = _setup(context, config)
     _restore_adapter(client, msg, context, cfg.model.cache_path)
-    test = _qa(msg.content.get(p.TEST))
+    record = msg.content.get(p.TEST)
+    test = _qa(record)
     if not test:
         raise ValueError("evaluate message carries no test prompts")
+    facts = _fact_targets(record, cfg, node, context) if cfg.eval.generate else None
     metrics = evaluate_client(
         client,
         [prompt for _, prompt, _ in test],
@@ -240,6 +269,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         cfg.fedsem.embedder,
         device=client.device,
         generate=cfg.eval.generate,
+        facts=facts,
     )
     info = _info(cfg, node)
     # After the last round: the client's own adapter goes to final/ (text strategies).

@@ -21,7 +21,8 @@ from typing import Any
 TRAIN_CONFIG = "config"  # ConfigRecord: round and switches
 PUBLIC = "public"  # ConfigRecord: IDS (list[int]) and TEXTS (list[str]) to answer
 PSEUDO = "pseudo"  # ConfigRecord: IDS, PROMPTS, TEXTS, FINISHED of the consensus labels
-TEST = "test"  # ConfigRecord: IDS, PROMPTS, TEXTS (reference answers) to evaluate on
+TEST = "test"  # ConfigRecord: IDS, PROMPTS, TEXTS (reference answers) to evaluate on,
+# and where the data has short values: VALUES, FACTS, COVERED (see fact-accuracy)
 ADAPTER = "adapter"  # ArrayRecord: LoRA adapter weights (parameter strategies)
 ANSWERS = "answers"  # ConfigRecord reply: IDS, TEXTS, CONFIDENCES, FINISHED
 METRICS = "metrics"  # MetricRecord reply: numbers (see METRIC_* below)
@@ -46,6 +47,9 @@ PROMPTS = "prompts"
 TEXTS = "texts"
 CONFIDENCES = "confidences"
 FINISHED = "finished"  # list[bool]: the answer ended with EOS, not at the length cap
+VALUES = "values"  # TEST field, list[str]: the short value a right answer contains
+FACTS = "facts"  # TEST field, list[str]: each prompt's fact id ("" if none)
+COVERED = "covered"  # TEST field, list[bool]: a public prompt asks the same fact
 MODEL_NAME = "model-name"
 CLIENT_NAME = "client-name"  # INFO field: the client's name in a federation spec ("" without)
 NODE_ERROR = "error"
@@ -60,8 +64,17 @@ EMBED_SIM = "embed-sim"
 NLL = "nll"
 PERPLEXITY = "perplexity"
 EVAL_SECONDS = "eval-seconds"
+# Share of generated test answers that contain the right value (test rows with a
+# value only), overall and on the facts a public prompt covers / does not cover,
+# and on the facts in the client's own private data / only in others'.
+FACT_ACCURACY = "fact-accuracy"
+FACT_SUBSETS = ("covered", "uncovered", "own", "other")  # -> fact-accuracy-<subset>
 # Per-prompt evaluation scores (lists, prompt order), for intervals over prompts.
-PER_PROMPT = {ROUGE_L: "rouge-l-per-prompt", EMBED_SIM: "embed-sim-per-prompt"}
+PER_PROMPT = {
+    ROUGE_L: "rouge-l-per-prompt",
+    EMBED_SIM: "embed-sim-per-prompt",
+    FACT_ACCURACY: "fact-accuracy-per-prompt",
+}
 NLL_SUMS = "nll-sum-per-prompt"  # summed token NLL of each reference answer
 NLL_TOKENS = "nll-tokens-per-prompt"  # its token count (NLL is a ratio of the two sums)
 CPU_SECONDS = "cpu-seconds"  # process CPU time of the handler (fedsem_app.clients.energy)

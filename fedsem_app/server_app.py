@@ -55,7 +55,15 @@ def check_setup(cfg: AppConfig, spec: FederationSpec | None = None):
             f"{', '.join(supported)} (fedsem: see README, Privacy); set dp.noise-multiplier=0",
         )
     split = load_split(cfg.data, cfg.seed)
-    if cfg.fedsem.prompts_per_round > len(split.public):
+    if strategy_cls.uses_public_prompts and not split.public:
+        # Only a role field can leave the public set empty (a random split never does).
+        raise ConfigError(
+            "data.role-field",
+            f"strategy {cfg.strategy!r} answers public prompts, but no row has the role "
+            "'public'; give some rows that role, or run a strategy that needs none "
+            f"({', '.join(sorted(n for n, c in STRATEGIES.items() if not c.uses_public_prompts))})",
+        )
+    if strategy_cls.uses_public_prompts and cfg.fedsem.prompts_per_round > len(split.public):
         raise ConfigError(
             "fedsem.prompts-per-round",
             f"{cfg.fedsem.prompts_per_round} exceeds the {len(split.public)} public prompts; "

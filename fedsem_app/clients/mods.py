@@ -122,6 +122,7 @@ def describe_reply(reply) -> str:
         (p.ROUGE_L, "rouge-l {:.3f}"),
         (p.EMBED_SIM, "embed-sim {:.3f}"),
         (p.NLL, "nll {:.3f}"),
+        (p.FACT_ACCURACY, "fact-accuracy {:.3f}"),
         (p.EVAL_SECONDS, "in {:.1f} s"),
     ):
         if key in metrics and not (key == p.GENERATE_SECONDS and not metrics[key]):

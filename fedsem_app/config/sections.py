@@ -111,6 +111,19 @@ class DataConfig:
     public_fraction: float = 0.3
     partitioner: str = "dirichlet"
     dirichlet_alpha: float = 0.5
+    # A field whose value (private / public / test) fixes each row's part of the
+    # split; "" splits at random by the fractions above.
+    role_field: str = ""
+    # The short value a test answer must contain (fact-accuracy), and the id that
+    # groups rows asking the same fact; missing columns switch those metrics off.
+    value_field: str = "value"
+    fact_field: str = "fact"
+    # The generated private-facts dataset (data.name = "facts", fedsem_app.data.facts).
+    facts_seed: int = 0
+    facts_entities: int = 24
+    facts_attributes: int = 3
+    facts_private_phrasings: int = 3
+    facts_public_coverage: float = 1.0
 
     def __post_init__(self) -> None:
         check(bool(self.name or self.path), "data.name", "give a dataset name or data.path")
@@ -128,6 +141,9 @@ class DataConfig:
 
         PARTITIONERS.check(self.partitioner)
         check(self.dirichlet_alpha > 0, "data.dirichlet-alpha", "must be positive")
+        from fedsem_app.data.facts import check_facts_shape
+
+        check_facts_shape(self)
 
 
 def default_rule_options() -> tuple[tuple[str, Any], ...]:

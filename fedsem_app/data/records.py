@@ -6,6 +6,7 @@ its own node-local file.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,14 @@ class QAPair:
         The texts; ``answer`` is ``""`` for public prompts.
     category
         Topic label used by the non-IID partitioners (``"all"`` when the data has none).
+    role
+        The row's fixed part of the split (one of :data:`ROLES`), or ``""`` where the
+        split is drawn at random (see :func:`fedsem_app.data.split.split_dataset`).
+    value
+        The short value a right answer contains (``fact-accuracy``), ``""`` if none.
+    fact
+        Id shared by the rows that ask the same fact in different phrasings, ``""``
+        if none: a test fact is *covered* when a public prompt asks it too.
 
     """
 
@@ -40,6 +49,14 @@ class QAPair:
     prompt: str
     answer: str
     category: str
+    role: str = ""
+    value: str = ""
+    fact: str = ""
+
+
+# Values of data.role-field: training data, public prompt (answer dropped), test question.
+PRIVATE, PUBLIC, TEST = "private", "public", "test"
+ROLES = (PRIVATE, PUBLIC, TEST)
 
 
 DatasetLoader = Callable[[DataConfig], list[QAPair]]
@@ -54,6 +71,27 @@ def _construction_faq(cfg: DataConfig) -> list[QAPair]:
 
     rows = zaragoza_construction_faq.load(lang="en")
     return _to_pairs(rows, prompt_field="q", answer_field="a", category_field="category")
+
+
+@DATASETS.register("facts")
+def _facts(cfg: DataConfig) -> list[QAPair]:
+    """Generate the private-facts dataset (:mod:`fedsem_app.data.facts`); rows carry roles."""
+    from fedsem_app.data.facts import facts_rows
+
+    return rows_to_pairs(facts_rows(cfg))
+
+
+def rows_to_pairs(rows: Any) -> list[QAPair]:
+    """Pairs from rows that use the default field names, roles included (generated data)."""
+    return _to_pairs(
+        rows,
+        prompt_field="prompt",
+        answer_field="answer",
+        category_field="category",
+        role_field="role",
+        value_field="value",
+        fact_field="fact",
+    )
 
 
 # File suffix -> `datasets` builder name.
@@ -80,7 +118,8 @@ def load_records(cfg: DataConfig) -> list[QAPair]:
     Returns
     -------
     list[QAPair]
-        Rows with a non-empty prompt and answer, in source order.
+        Rows with a non-empty prompt and answer (public rows of a file with a role
+        field may lack the answer), in source order.
 
     Raises
     ------
@@ -109,13 +148,17 @@ def load_node_private(path: str, cfg: DataConfig) -> list[QAPair]:
     Returns
     -------
     list[QAPair]
-        All rows with a non-empty prompt and answer (no split, no partition).
+        All rows with a non-empty prompt and answer (no split, no partition); where
+        the file has the ``data.role-field`` column, only its private rows.
 
     """
-    return _load_file(path, cfg, key="data-path")
+    pairs = _load_file(path, cfg, key="data-path", roles_optional=True)
+    return [q for q in pairs if q.role in ("", PRIVATE)]
 
 
-def _load_file(path: str, cfg: DataConfig, *, key: str) -> list[QAPair]:
+def _load_file(
+    path: str, cfg: DataConfig, *, key: str, roles_optional: bool = False
+) -> list[QAPair]:
     file = Path(path).expanduser()
     suffix = file.suffix.lower()
     if suffix not in FILE_FORMATS:
@@ -134,6 +177,8 @@ def _load_file(path: str, cfg: DataConfig, *, key: str) -> list[QAPair]:
             f"could not read {str(file)!r} as {FILE_FORMATS[suffix]} ({type(exc).__name__}: "
             f"{exc}); check that the file is non-empty and well-formed",
         ) from exc
+    if roles_optional and cfg.role_field not in table.column_names:
+        cfg = dataclasses.replace(cfg, role_field="")
     pairs = _map_fields(table, cfg, source=f"file {str(file)!r}")
     if not pairs:
         raise ConfigError(
@@ -172,31 +217,70 @@ def _map_fields(table: datasets.Dataset, cfg: DataConfig, *, source: str) -> lis
                 f"field {name!r} is not in {source}; its columns are {columns}. "
                 f"Set {key} to one of them.",
             )
-    # A missing category column is fine: everything falls into one category.
-    category = cfg.category_field if cfg.category_field in columns else None
+    if cfg.role_field and cfg.role_field not in columns:
+        raise ConfigError(
+            "data.role-field",
+            f"field {cfg.role_field!r} is not in {source}; its columns are {columns}. "
+            "Set data.role-field to the column that holds private / public / test, "
+            'or to "" for a random split.',
+        )
+    # Missing category, value or fact columns are fine: one category, no fact metrics.
     return _to_pairs(
         table,
         prompt_field=cfg.prompt_field,
         answer_field=cfg.answer_field,
-        category_field=category,
+        category_field=cfg.category_field if cfg.category_field in columns else None,
+        role_field=cfg.role_field or None,
+        value_field=cfg.value_field if cfg.value_field in columns else None,
+        fact_field=cfg.fact_field if cfg.fact_field in columns else None,
     )
 
 
 def _to_pairs(
-    rows: Any, *, prompt_field: str, answer_field: str, category_field: str | None
+    rows: Any,
+    *,
+    prompt_field: str,
+    answer_field: str,
+    category_field: str | None,
+    role_field: str | None = None,
+    value_field: str | None = None,
+    fact_field: str | None = None,
 ) -> list[QAPair]:
     """Convert mapping rows to pairs, dropping rows with an empty prompt or answer.
 
-    Ids are source row positions, so they stay stable when rows are dropped.
+    Public rows of a file with a role field keep an empty answer (it is dropped
+    anyway). Ids are source row positions, so they stay stable when rows are dropped.
+
+    Raises
+    ------
+    ConfigError
+        A row whose role is not one of :data:`ROLES` (named by its position).
     """
     pairs = []
     for position, row in enumerate(rows):
         prompt = _text(row.get(prompt_field))
         answer = _text(row.get(answer_field))
-        if not prompt or not answer:
+        role = _text(row.get(role_field)).lower() if role_field else ""
+        if role_field and role not in ROLES:
+            raise ConfigError(
+                "data.role-field",
+                f"row {position} (0-based) has {role_field}={_text(row.get(role_field))!r}; "
+                f"allowed values: {', '.join(ROLES)}. Fix the row or drop it.",
+            )
+        if not prompt or not (answer or role == PUBLIC):
             continue
         category = _text(row.get(category_field)) if category_field else ""
-        pairs.append(QAPair(position, prompt, answer, category or DEFAULT_CATEGORY))
+        pairs.append(
+            QAPair(
+                position,
+                prompt,
+                answer,
+                category or DEFAULT_CATEGORY,
+                role=role,
+                value=_text(row.get(value_field)) if value_field else "",
+                fact=_text(row.get(fact_field)) if fact_field else "",
+            )
+        )
     return pairs
 
 

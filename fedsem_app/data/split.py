@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsem_app.config.errors import ConfigError
 from fedsem_app.config.sections import DataConfig
-from fedsem_app.data.records import QAPair, load_records
+from fedsem_app.data.records import PRIVATE, PUBLIC, ROLES, TEST, QAPair, load_records
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class DataSplit:
     public: tuple[QAPair, ...]
     private: tuple[QAPair, ...]
 
+    def covered(self) -> list[bool]:
+        """For each test pair: whether a public prompt asks the same fact (same ``fact`` id)."""
+        public_facts = {q.fact for q in self.public if q.fact}
+        return [bool(q.fact) and q.fact in public_facts for q in self.test]
+
 
 def split_dataset(
     records: Sequence[QAPair], test_fraction: float, public_fraction: float, seed: int
@@ -44,6 +50,9 @@ def split_dataset(
     first ``round(n * test_fraction)`` are test, the next
     ``round(n * public_fraction)`` public, the rest private. Each part gets at
     least one record, and the private pool keeps at least one.
+
+    Records that carry a role (``data.role-field``, or a generated dataset) are
+    split by it instead (:func:`split_by_role`) and the fractions are not used.
 
     Parameters
     ----------
@@ -65,6 +74,8 @@ def split_dataset(
         With fewer than 3 records, which cannot fill three parts.
 
     """
+    if any(r.role for r in records):
+        return split_by_role(records, seed)
     n = len(records)
     if n < 3:
         raise ValueError(f"need at least 3 records for a test/public/private split, got {n}")
@@ -80,6 +91,46 @@ def split_dataset(
     public = [dataclasses.replace(r, answer="") for r in shuffled[n_test : n_test + n_public]]
     private = shuffled[n_test + n_public :]
     return DataSplit(tuple(test), tuple(public), tuple(private))
+
+
+def split_by_role(records: Sequence[QAPair], seed: int) -> DataSplit:
+    """Split records by their ``role``: private, public (answer dropped) or test.
+
+    Within each part the records keep the order of the seeded permutation that
+    :func:`split_dataset` uses, so ``eval.num-prompts`` and the ``iid`` shards take
+    a random sample, not the file's first rows.
+
+    Parameters
+    ----------
+    records
+        All records, each with a role from :data:`~fedsem_app.data.records.ROLES`.
+    seed
+        Seeds the order within each part.
+
+    Returns
+    -------
+    DataSplit
+        The parts. ``public`` may be empty: only strategies that exchange answers
+        to public prompts need them, and the server refuses those runs.
+
+    Raises
+    ------
+    ConfigError
+        No test row, or no private row: the run could not be evaluated or trained.
+    """
+    order = np.random.default_rng(seed).permutation(len(records))
+    shuffled = [records[i] for i in order]
+    parts = {role: [r for r in shuffled if r.role == role] for role in ROLES}
+    for role, purpose in ((TEST, "held-out test questions"), (PRIVATE, "training data")):
+        if not parts[role]:
+            raise ConfigError(
+                "data.role-field",
+                f"no row has the role {role!r} ({purpose}); the {len(records)} rows have "
+                f"roles {sorted({r.role for r in records})}. Give some rows role {role!r}, "
+                'or set data.role-field = "" for a random split.',
+            )
+    public = [dataclasses.replace(r, answer="") for r in parts[PUBLIC]]
+    return DataSplit(tuple(parts[TEST]), tuple(public), tuple(parts[PRIVATE]))
 
 
 def load_split(cfg: DataConfig, seed: int) -> DataSplit:

@@ -37,6 +37,8 @@ from fedsem_app.run.intervals import quality_intervals
 from fedsem_app.run.meter import human_bytes
 
 QUALITY_KEYS = ("rouge-l", "embed-sim")
+# Reported by runs on data with short values (fedsem_app.clients.evaluation.fact_accuracy).
+FACT_KEYS = (p.FACT_ACCURACY, *(f"{p.FACT_ACCURACY}-{s}" for s in p.FACT_SUBSETS))
 # Files that grow by appending during a round; a checkpoint keeps their sizes.
 APPEND_ONLY_LOGS = ("clients.jsonl", "consensus_samples.jsonl", "prompt_scores.jsonl")
 EVALUATED = "evaluated"  # row column: False on a round that eval.every skips
@@ -67,7 +69,9 @@ def make_run_folder(root: Path, run_name: str, strategy: str) -> Path:
 def format_progress(row: Mapping[str, Any], num_rounds: int) -> str:
     """One human line per round: quality, traffic and time."""
     quality = " ".join(
-        f"{k} {row[k]:.3f}" for k in ("rouge-l", "embed-sim", "nll") if is_finite(row.get(k))
+        f"{k} {row[k]:.3f}"
+        for k in ("rouge-l", "embed-sim", "nll", p.FACT_ACCURACY)
+        if is_finite(row.get(k))
     )
     if not is_evaluated(row):
         quality = "not evaluated (eval.every)"
@@ -213,7 +217,9 @@ class RunLog:
         summary: dict[str, Any] = {"rounds": len(trained), **(extra or {})}
         if self.rows:
             last = self.rows[-1]
-            summary["final"] = {k: last[k] for k in ("rouge-l", "embed-sim", "nll") if k in last}
+            summary["final"] = {
+                k: last[k] for k in ("rouge-l", "embed-sim", "nll", *FACT_KEYS) if k in last
+            }
             summary["final-interval"] = {
                 k: [last[f"{k}-low"], last[f"{k}-high"]]
                 for k in ("rouge-l", "embed-sim", "nll")

@@ -201,6 +201,8 @@ class FedSem(AppStrategy):
         See :class:`~fedsem_app.strategies.harness.AppStrategy`.
     """
 
+    uses_public_prompts = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.pseudo_labels: list[QAPair] = []

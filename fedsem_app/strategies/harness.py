@@ -90,6 +90,29 @@ def qa_record(pairs: Iterable[Any], with_answers: bool = True, codec: str = "non
     return record
 
 
+def test_record(split: DataSplit, num_prompts: int = 0) -> ConfigRecord:
+    """The held-out test prompts with their references, as every evaluate message sends them.
+
+    Where the test rows carry short values (the facts data), the record also holds
+    each prompt's value, fact id and whether a public prompt asks the same fact,
+    so clients can score ``fact-accuracy`` on covered and uncovered facts.
+
+    Parameters
+    ----------
+    split
+        The run's split.
+    num_prompts
+        The first this many test prompts (``eval.num-prompts``); 0 for all.
+    """
+    test = split.test[: num_prompts or None]
+    record = qa_record(test)
+    if any(q.value for q in test):
+        record[p.VALUES] = [q.value for q in test]
+        record[p.FACTS] = [q.fact for q in test]
+        record[p.COVERED] = split.covered()[: len(test)]
+    return record
+
+
 def build_messages(
     content: RecordDict, node_ids: Iterable[int], message_type: str
 ) -> list[Message]:
@@ -124,6 +147,8 @@ class AppStrategy(ResumableStrategy):
     needs_shared_model: ClassVar[bool] = False
     evaluates_every_node: ClassVar[bool] = True
     supports_dp: ClassVar[bool] = False  # dp.noise-multiplier > 0 allowed (strategies.dp)
+    # Sends the split's public prompts to answer: the server refuses data without any.
+    uses_public_prompts: ClassVar[bool] = False
     # The client names of a federation spec: round 0 checks the nodes against them.
     expected_clients: tuple[str, ...] = ()
 
@@ -132,7 +157,7 @@ class AppStrategy(ResumableStrategy):
         self.split = split
         self.run_log = run_log
         self.flower = self.flower_strategy(**self.flower_arguments(**sampling))
-        self._test = qa_record(split.test[: app.eval.num_prompts or None])  # 0: all
+        self._test = test_record(split, app.eval.num_prompts)
         self.first_round = 1  # a resumed run starts after its checkpoint's round
 
     # --- the Flower strategy this one composes ----------------------------------------

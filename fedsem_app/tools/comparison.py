@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedsem_app import protocol as p
 from fedsem_app.files import is_finite
 from fedsem_app.run.meter import human_bytes
-from fedsem_app.run.results import evaluated_rows
+from fedsem_app.run.results import FACT_KEYS, evaluated_rows
 
 QUALITY = (("rouge-l", "ROUGE-L"), ("embed-sim", "embedding similarity"))
 
@@ -38,6 +39,9 @@ SETTING_KEYS = (
     "data.path",
     "data.partitioner",
     "data.dirichlet-alpha",
+    "data.role-field",
+    "data.facts-seed",
+    "data.facts-public-coverage",
     "eval.num-prompts",
 )
 RUN_KEYS = ("strategy", "run-name", "results-dir")  # differ by design
@@ -61,6 +65,20 @@ COLUMNS = {
     "run-seconds": "run s",
     "wall-seconds": "wall s",
 }
+# Shown after the NLL columns only where some run measured them (the facts data).
+FACT_COLUMNS = {
+    f"{p.FACT_ACCURACY}-final": "fact acc. final",
+    **{f"{p.FACT_ACCURACY}-{s}-final": f"fact acc. {s} final" for s in p.FACT_SUBSETS},
+}
+
+
+def columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """The table's columns: :data:`COLUMNS`, plus the fact-accuracy ones some row has."""
+    facts = {k: v for k, v in FACT_COLUMNS.items() if any(r.get(k) is not None for r in rows)}
+    keys = list(COLUMNS)
+    at = keys.index("nll-best") + 1
+    order = keys[:at] + list(facts) + keys[at:]
+    return {k: COLUMNS.get(k) or facts[k] for k in order}
 
 
 @dataclass
@@ -167,6 +185,8 @@ def table_row(run: RunRecord) -> dict[str, Any]:
         values = metric_values(evaluated, key)
         row[f"{key}-final"] = float(last[key]) if is_finite(last.get(key)) else None
         row[f"{key}-best"] = (min if key == "nll" else max)(values) if values else None
+    # Only runs on data with short values measure these; the others get no column.
+    row.update({f"{k}-final": float(last[k]) for k in FACT_KEYS if is_finite(last.get(k))})
     total = last.get("bytes-cumulative") if is_finite(last.get("bytes-cumulative")) else None
     row["bytes-total"] = total
     row["bytes-per-round"] = total / len(trained) if total is not None and trained else None
@@ -194,23 +214,24 @@ def _fmt(key: str, value: Any) -> str:
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The rows as a GitHub Markdown table with human units."""
+    shown = columns(rows)
     lines = [
-        "| " + " | ".join(COLUMNS.values()) + " |",
-        "|" + "|".join("---" if k in ("strategy", "status") else "---:" for k in COLUMNS) + "|",
+        "| " + " | ".join(shown.values()) + " |",
+        "|" + "|".join("---" if k in ("strategy", "status") else "---:" for k in shown) + "|",
     ]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(k, row.get(k)) for k in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_fmt(k, row.get(k)) for k in shown) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path, extra: Sequence[str] = ()) -> None:
     """The rows as CSV with raw numbers (empty cells where unknown)."""
-    columns = [*COLUMNS, *extra]
+    names = [*columns(rows), *extra]
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=names, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in names})
 
 
 def setting(runs: Sequence[RunRecord]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
