@@ -46,6 +46,7 @@ from fedsem_app.clients.mods import (
     progress_mod,
     read_request,
 )
+from fedsem_app.clients.relevance import relevance_scores
 from fedsem_app.config.app import AppConfig
 from fedsem_app.config.errors import ConfigError
 from fedsem_app.config.node import NodeConfig
@@ -206,7 +207,7 @@ def train(msg: Message, context: Context) -> Message:
             done and len(t) <= cfg.fedsem.max_answer_chars
             for t, done in zip(answers.texts, answers.finished, strict=True)
         ]
-        content[p.ANSWERS] = ConfigRecord(
+        record = ConfigRecord(
             {
                 p.IDS: [i for i, _, _ in public],
                 **pack_texts(p.TEXTS, texts, cfg.fedsem.wire_compression),
@@ -214,6 +215,17 @@ def train(msg: Message, context: Context) -> Message:
                 p.FINISHED: finished,
             }
         )
+        # How relevant each prompt is to this node's private data (not sent for "none").
+        relevance = relevance_scores(
+            cfg.fedsem.relevance,
+            client,
+            [prompt for _, prompt, _ in public],
+            [q.prompt for q in private],
+            cfg.fedsem,
+        )
+        if relevance is not None:
+            record[p.RELEVANCE] = relevance
+        content[p.ANSWERS] = record
     if request.return_adapter:
         content[p.ADAPTER] = adapter_reply(trained, request)
     content[p.METRICS] = MetricRecord(metrics)

@@ -23,7 +23,7 @@ PUBLIC = "public"  # ConfigRecord: IDS (list[int]) and TEXTS (list[str]) to answ
 PSEUDO = "pseudo"  # ConfigRecord: IDS, PROMPTS, TEXTS, FINISHED of the consensus labels
 TEST = "test"  # ConfigRecord: IDS, PROMPTS, TEXTS (reference answers) to evaluate on
 ADAPTER = "adapter"  # ArrayRecord: LoRA adapter weights (parameter strategies)
-ANSWERS = "answers"  # ConfigRecord reply: IDS, TEXTS, CONFIDENCES, FINISHED
+ANSWERS = "answers"  # ConfigRecord reply: IDS, TEXTS, CONFIDENCES, FINISHED (+ RELEVANCE)
 METRICS = "metrics"  # MetricRecord reply: numbers (see METRIC_* below)
 INFO = "info"  # ConfigRecord reply: MODEL_NAME and other strings
 
@@ -46,6 +46,9 @@ PROMPTS = "prompts"
 TEXTS = "texts"
 CONFIDENCES = "confidences"
 FINISHED = "finished"  # list[bool]: the answer ended with EOS, not at the length cap
+# list[float], optional: how relevant each public prompt is to the client's private data
+# (fedsem.relevance; sent only when an estimator is set, NaN = no score).
+RELEVANCE = "relevance"
 MODEL_NAME = "model-name"
 CLIENT_NAME = "client-name"  # INFO field: the client's name in a federation spec ("" without)
 NODE_ERROR = "error"

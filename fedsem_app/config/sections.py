@@ -160,6 +160,15 @@ class FedSemConfig:
     # Prompts per round whose every answer goes to consensus_samples.jsonl (0: all of
     # them, e.g. to audit what the server received, as bench/privacy.py does).
     samples_per_round: int = 5
+    # How each client scores the relevance of a public prompt to its private data, sent
+    # with its answers for the rules that weigh who knows (relevance, expert); "none"
+    # sends nothing. Estimators: fedsem_app.clients.relevance.
+    relevance: str = "none"
+    # The similarity estimator's k: mean cosine to the k most similar private prompts.
+    similarity_top_k: int = 3
+    # Selective transfer: a client is not sent the label of a prompt on which its own
+    # answer won or it was the most relevant client (it knows best there).
+    selective: bool = False
     # Every consensus rule's own options object, as (rule, options) pairs: run-config
     # keys fedsem.<rule>-<option>, declared by the rule (strategies.consensus), not here.
     rule_options: tuple[tuple[str, Any], ...] = field(
@@ -183,6 +192,17 @@ class FedSemConfig:
 
         CODECS.check(self.wire_compression)
         CONSENSUS_RULES.check(self.consensus)
+        from fedsem_app.clients.relevance import NO_RELEVANCE, RELEVANCE_ESTIMATORS
+
+        RELEVANCE_ESTIMATORS.check(self.relevance)
+        check(
+            self.relevance != NO_RELEVANCE or not CONSENSUS_RULES[self.consensus].needs_relevance,
+            "fedsem.relevance",
+            f"consensus rule {self.consensus!r} weighs answers by the clients' relevance "
+            f"scores: set fedsem.relevance to one of "
+            f"{', '.join(n for n in RELEVANCE_ESTIMATORS.names() if n != NO_RELEVANCE)}",
+        )
+        check(self.similarity_top_k > 0, "fedsem.similarity-top-k", "must be a positive integer")
         check(-1 <= self.min_agreement <= 1, "fedsem.min-agreement", "must be in [-1, 1]")
         check(self.max_answer_chars > 0, "fedsem.max-answer-chars", "must be positive")
         check(

@@ -44,6 +44,52 @@ def answer_grid(
     return texts, mask, confidences, finished
 
 
+def relevance_grid(answers: Sequence[ValidAnswers]) -> np.ndarray:
+    """The clients' relevance scores as a prompt-major (P, K) array, NaN = no score."""
+    if not answers:
+        return np.zeros((0, 0))
+    return np.stack([a.relevance for a in answers], axis=1).astype(np.float64)
+
+
+def knows_best(
+    texts: list[list[str]], index: np.ndarray, relevance: np.ndarray, mask: np.ndarray
+) -> list[set[int]]:
+    """Per prompt, the clients that know its label best: its winners and its most relevant.
+
+    A winner is every client whose answer is word for word the chosen text; the most
+    relevant are the valid answers with the prompt's highest finite relevance (all
+    of them where several tie). Selective transfer does not send these clients the label.
+
+    Parameters
+    ----------
+    texts
+        P x K answer texts.
+    index
+        ``(P,)`` chosen answer per prompt, -1 where no label was given (empty set).
+    relevance
+        ``(P, K)`` relevance scores, NaN = no score.
+    mask
+        ``(P, K)`` valid answers.
+
+    Returns
+    -------
+    list[set[int]]
+        Client (column) indices per prompt.
+    """
+    best = []
+    for i, row in enumerate(texts):
+        if index[i] < 0:
+            best.append(set())
+            continue
+        chosen = row[index[i]]
+        who = {k for k, text in enumerate(row) if text == chosen}
+        scored = np.where(mask[i] & np.isfinite(relevance[i]), relevance[i], -np.inf)
+        if np.isfinite(scored.max()):
+            who |= set(np.flatnonzero(scored == scored.max()).tolist())
+        best.append(who)
+    return best
+
+
 def pick_shares(texts: list[list[str]], index: np.ndarray) -> np.ndarray:
     """How many of the labelled prompts each client's answer won, as shares of them.
 
@@ -97,6 +143,7 @@ def vote_in_chunks(
     *,
     chunk_texts: int = VOTE_CHUNK_TEXTS,
     embed_fn=embed_grid,
+    relevance: np.ndarray | None = None,
 ) -> tuple[ConsensusResult, float, float]:
     """Embed the answers and pick each prompt's consensus, a block of whole prompts at a time.
 
@@ -115,6 +162,8 @@ def vote_in_chunks(
         Answers per block; a block holds ``max(1, chunk_texts // K)`` prompts.
     embed_fn
         ``fn(texts, mask, embedder) -> (P, K, D)`` tensor; :func:`embed_grid` by default.
+    relevance
+        ``(P, K)`` relevance scores (NaN = no score), for the rules that use them.
 
     Ties between equal scores go to the more confident answer, then to the answer
     with the higher :func:`~fedsem_app.strategies.consensus.text_key`, never to node order.
@@ -146,6 +195,7 @@ def vote_in_chunks(
                 ).reshape(mask[rows].shape),
                 options=cfg.consensus_options,
                 min_agreement=cfg.min_agreement,
+                relevance=None if relevance is None else torch.from_numpy(relevance[rows]),
             )
         )
         embed_seconds += t1 - t0
@@ -173,6 +223,9 @@ class FedSem(AppStrategy):
 
     With ``fedsem.label-memory`` the server keeps the latest label of every public
     prompt answered so far and sends all of them; otherwise only last round's.
+    With ``fedsem.selective`` a node is not sent the label of a prompt on which its
+    own answer won or it sent the highest relevance (:func:`knows_best`): it would
+    only train on its own text, or on a text it knows less about than itself.
     With ``fedsem.vote-unfinished`` off, answers that hit the length cap are left
     out of the vote. Each round records the share of answers cut at the cap
     (``truncated-share``) and, per model, the share of labels its clients' answers
@@ -190,8 +243,10 @@ class FedSem(AppStrategy):
     The client must reply with:
         ``answers`` ConfigRecord with ``ids`` (the ids it was sent, same order),
         ``texts`` (one answer per prompt), ``confidences`` (mean token
-        log-prob per answer, finite) and optionally ``finished`` (list[bool],
-        whether each answer ended with EOS; all True when absent); ``metrics`` MetricRecord with
+        log-prob per answer, finite), optionally ``finished`` (list[bool],
+        whether each answer ended with EOS; all True when absent) and optionally
+        ``relevance`` (list[float], one score per prompt with ``fedsem.relevance``;
+        non-finite = no score); ``metrics`` MetricRecord with
         ``num-examples`` and ``train-loss``; ``info`` ConfigRecord with ``model-name``.
 
     Parameters
@@ -204,18 +259,22 @@ class FedSem(AppStrategy):
         super().__init__(*args, **kwargs)
         self.pseudo_labels: list[QAPair] = []
         self.unfinished: set[int] = set()  # ids of pseudo-labels cut at the length cap
+        # Selective transfer: pseudo-label id -> nodes not sent it (they know best there).
+        self.withheld: dict[int, set[int]] = {}
 
     def state_dict(self) -> dict[str, Any]:
         """The pseudo-labels the next round sends (all FedSem carries between rounds)."""
         return {
             "pseudo-labels": [dataclasses.asdict(q) for q in self.pseudo_labels],
             "unfinished": sorted(self.unfinished),
+            "withheld": {str(k): sorted(v) for k, v in sorted(self.withheld.items())},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the pseudo-labels of :meth:`state_dict`."""
         self.pseudo_labels = [QAPair(**q) for q in state.get("pseudo-labels", [])]
         self.unfinished = set(state.get("unfinished", []))
+        self.withheld = {int(k): set(v) for k, v in state.get("withheld", {}).items()}
 
     def round_prompts(self, server_round: int) -> list[QAPair]:
         """The public prompts of a round (a function of the round, so nothing to keep)."""
@@ -236,16 +295,25 @@ class FedSem(AppStrategy):
         )
         config.update(p.TrainRequest(server_round=server_round).to_config())
         codec = self.app.fedsem.wire_compression
-        pseudo = qa_record(self.pseudo_labels, codec=codec)
-        pseudo[p.FINISHED] = [q.id not in self.unfinished for q in self.pseudo_labels]
-        content = RecordDict(
-            {
-                p.TRAIN_CONFIG: config,
-                p.PUBLIC: qa_record(prompts, with_answers=False, codec=codec),
-                p.PSEUDO: pseudo,
-            }
-        )
-        return build_messages(content, node_ids, MessageType.TRAIN)
+        public = qa_record(prompts, with_answers=False, codec=codec)
+
+        def content(labels: list[QAPair]) -> RecordDict:
+            pseudo = qa_record(labels, codec=codec)
+            pseudo[p.FINISHED] = [q.id not in self.unfinished for q in labels]
+            return RecordDict({p.TRAIN_CONFIG: config, p.PUBLIC: public, p.PSEUDO: pseudo})
+
+        if not (self.app.fedsem.selective and self.withheld):
+            return build_messages(content(self.pseudo_labels), node_ids, MessageType.TRAIN)
+        # Selective transfer: each node gets the labels it does not know best itself.
+        return [
+            message
+            for node in node_ids
+            for message in build_messages(
+                content([q for q in self.pseudo_labels if node not in self.withheld.get(q.id, ())]),
+                [node],
+                MessageType.TRAIN,
+            )
+        ]
 
     def vet(self, server_round: int, message: Message) -> tuple[ValidAnswers | None, str | None]:
         """The reply's answers aligned to the round's prompts, or why it has none.
@@ -272,25 +340,32 @@ class FedSem(AppStrategy):
         cfg = self.app.fedsem
         texts, answered, confidences, finished = answer_grid([a for _, a in voters])
         mask = answered if cfg.vote_unfinished else answered & finished
-        result, embed_seconds, consensus_seconds = vote_in_chunks(texts, mask, confidences, cfg)
+        relevance = relevance_grid([a for _, a in voters])
+        result, embed_seconds, consensus_seconds = vote_in_chunks(
+            texts, mask, confidences, cfg, relevance=relevance
+        )
         chosen = [i for i in range(len(prompts)) if not result.abstained[i]]
         labels = {q.id: q for q in self.pseudo_labels} if cfg.label_memory else {}
         unfinished = set(self.unfinished) if cfg.label_memory else set()
+        withheld = dict(self.withheld) if cfg.label_memory else {}
+        nodes = [m.metadata.src_node_id for m, _ in voters]
+        best = knows_best(texts, result.index, relevance, mask)
         for i in chosen:
             q = prompts[i]
             labels[q.id] = QAPair(q.id, q.prompt, texts[i][result.index[i]], q.category)
             unfinished.discard(q.id)
             if not finished[i, result.index[i]]:
                 unfinished.add(q.id)
+            withheld[q.id] = {nodes[k] for k in best[i]}
         self.pseudo_labels = [labels[k] for k in sorted(labels)]
         self.unfinished = unfinished & set(labels)
+        self.withheld = {k: v for k, v in withheld.items() if k in labels}
         infos = [m.content.get(p.INFO, ConfigRecord()) for m, _ in voters]
         models = [info.get(p.MODEL_NAME, "") for info in infos]
         # A federation spec names its clients: pick-share goes by client, else by model.
         owners = [
             info.get(p.CLIENT_NAME, "") or model for info, model in zip(infos, models, strict=True)
         ]
-        nodes = [m.metadata.src_node_id for m, _ in voters]
         shares = pick_shares(texts, result.index)
         by_model: dict[str, float] = {}
         for owner, share in zip(owners, shares, strict=True):
@@ -311,6 +386,11 @@ class FedSem(AppStrategy):
                             "valid": bool(mask[i, k]),
                             "finished": bool(finished[i, k]),
                             "confidence": float(confidences[i, k]),
+                            **(
+                                {"relevance": float(relevance[i, k])}
+                                if np.isfinite(relevance[i, k])
+                                else {}
+                            ),
                         }
                         for k, (n, mdl) in enumerate(zip(nodes, models, strict=True))
                     ],
@@ -333,6 +413,12 @@ class FedSem(AppStrategy):
             "embed-seconds": embed_seconds,
             "consensus-seconds": consensus_seconds,
             "answers-masked": int((~mask).sum()),
+            # Selective transfer: (node, label) pairs not sent because the node knows best.
+            **(
+                {"labels-withheld": sum(len(v) for v in self.withheld.values())}
+                if cfg.selective
+                else {}
+            ),
         }
         per_client = {n: {"pick-share": float(s)} for n, s in zip(nodes, shares, strict=True)}
         return Combined(extra=extra, per_client=per_client)
