@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import io
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,10 @@ def train(msg: Message, context: Context) -> Message:
     _save_adapter(trained, adapter_file(cfg.model.cache_path, context, node.model_name))
 
     content = RecordDict({p.INFO: _info(cfg, node)})
+    if cfg.fedsem.diagnostics:  # benchmarks: which categories this node's data covers
+        counts = Counter(q.category for q in private if q.category)
+        content[p.INFO][p.CATEGORIES] = sorted(counts)
+        content[p.INFO][p.CATEGORY_COUNTS] = [counts[c] for c in sorted(counts)]
     metrics = {
         p.NUM_EXAMPLES: max(len(private), 1),
         p.TRAIN_LOSS: float(stats["train-loss"]),

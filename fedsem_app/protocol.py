@@ -51,6 +51,10 @@ FINISHED = "finished"  # list[bool]: the answer ended with EOS, not at the lengt
 RELEVANCE = "relevance"
 MODEL_NAME = "model-name"
 CLIENT_NAME = "client-name"  # INFO field: the client's name in a federation spec ("" without)
+# INFO fields with fedsem.diagnostics (benchmarks): the categories of the node's private
+# data and how many examples it holds of each (parallel lists).
+CATEGORIES = "categories"
+CATEGORY_COUNTS = "category-counts"
 NODE_ERROR = "error"
 
 # --- metric names (MetricRecord keys) ------------------------------------------

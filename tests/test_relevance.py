@@ -407,3 +407,29 @@ def test_text_key_is_used_for_identical_relevance_and_confidence():
         options=ExpertOptions(0.0, -1),
     )
     assert result.index.tolist() == [winner]
+
+
+# --- lift on a tiny model ------------------------------------------------------------------
+
+
+def test_lift_is_zero_before_training_and_positive_on_trained_prompts(tmp_path):
+    from fedsem_app.clients import clear_client_cache, load_client
+    from fedsem_app.config.sections import LoraConfig, TrainConfig
+
+    clear_client_cache()
+    client = load_client("tiny-llama", LoraConfig(rank=4, alpha=8, dropout=0.0), cache_dir=tmp_path)
+    pairs = [
+        ("How long must concrete cure before loading?", "Concrete must cure 28 days first."),
+        ("What is a building permit?", "A building permit is the municipality's approval."),
+    ]
+    prompts = [q for q, _ in pairs] + ["Which bank offers the best mortgage rate?"]
+    # A fresh LoRA adapter is the identity (B = 0): with and without it agree exactly.
+    np.testing.assert_allclose(client.prompt_lift(prompts), 0.0, atol=1e-6)
+    client.train(pairs, TrainConfig(local_steps=30, batch_size=2, learning_rate=1e-2), seed=0)
+    scores = relevance_scores("lift", client, prompts, [], FedSemConfig())
+    # The trained prompts became more likely; the unrelated prompt less so than them.
+    assert scores[0] > 0 and scores[1] > 0, scores
+    assert min(scores[:2]) > scores[2], scores
+    # disable_adapter left the adapter on: scoring again gives the same numbers.
+    np.testing.assert_allclose(client.prompt_lift(prompts), scores, atol=1e-6)
+    clear_client_cache()

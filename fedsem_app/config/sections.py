@@ -169,6 +169,10 @@ class FedSemConfig:
     # Selective transfer: a client is not sent the label of a prompt on which its own
     # answer won or it was the most relevant client (it knows best there).
     selective: bool = False
+    # Benchmarks: clients report their private categories, and each round records
+    # expert-share and the labels' ROUGE-L against the references
+    # (fedsem_app.strategies.diagnostics). Off: nothing more is sent.
+    diagnostics: bool = False
     # Every consensus rule's own options object, as (rule, options) pairs: run-config
     # keys fedsem.<rule>-<option>, declared by the rule (strategies.consensus), not here.
     rule_options: tuple[tuple[str, Any], ...] = field(

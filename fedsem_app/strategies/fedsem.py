@@ -19,10 +19,17 @@ from flwr.serverapp import Grid
 
 from fedsem_app import protocol as p
 from fedsem_app.config.sections import FedSemConfig
-from fedsem_app.data.records import QAPair
+from fedsem_app.data.records import QAPair, load_records
 from fedsem_app.embedding import embed
 from fedsem_app.strategies import register_strategy
 from fedsem_app.strategies.consensus import ConsensusResult, consensus, text_key
+from fedsem_app.strategies.diagnostics import (
+    category_experts,
+    expert_metrics,
+    label_rouge,
+    most_relevant,
+    winners,
+)
 from fedsem_app.strategies.harness import AppStrategy, Combined, Vetted, build_messages, qa_record
 from fedsem_app.strategies.validation import ValidAnswers, check_answers
 
@@ -76,18 +83,9 @@ def knows_best(
     list[set[int]]
         Client (column) indices per prompt.
     """
-    best = []
-    for i, row in enumerate(texts):
-        if index[i] < 0:
-            best.append(set())
-            continue
-        chosen = row[index[i]]
-        who = {k for k, text in enumerate(row) if text == chosen}
-        scored = np.where(mask[i] & np.isfinite(relevance[i]), relevance[i], -np.inf)
-        if np.isfinite(scored.max()):
-            who |= set(np.flatnonzero(scored == scored.max()).tolist())
-        best.append(who)
-    return best
+    won = winners(texts, index)
+    top = most_relevant(relevance, mask)
+    return [w | t if w else set() for w, t in zip(won, top, strict=True)]
 
 
 def pick_shares(texts: list[list[str]], index: np.ndarray) -> np.ndarray:
@@ -261,6 +259,7 @@ class FedSem(AppStrategy):
         self.unfinished: set[int] = set()  # ids of pseudo-labels cut at the length cap
         # Selective transfer: pseudo-label id -> nodes not sent it (they know best there).
         self.withheld: dict[int, set[int]] = {}
+        self._references: dict[int, str] | None = None  # fedsem.diagnostics only
 
     def state_dict(self) -> dict[str, Any]:
         """The pseudo-labels the next round sends (all FedSem carries between rounds)."""
@@ -314,6 +313,45 @@ class FedSem(AppStrategy):
                 MessageType.TRAIN,
             )
         ]
+
+    def references(self) -> dict[int, str]:
+        """Reference answers of the public prompts, by id, from the dataset (diagnostics)."""
+        if self._references is None:
+            try:
+                self._references = {q.id: q.answer for q in load_records(self.app.data)}
+            except Exception as err:  # noqa: BLE001 - a diagnostic must not stop the run
+                log(WARNING, "diagnostics: no reference answers (%s)", err)
+                self._references = {}
+        return self._references
+
+    def diagnose(
+        self,
+        prompts: Sequence[QAPair],
+        texts: list[list[str]],
+        mask: np.ndarray,
+        index: np.ndarray,
+        relevance: np.ndarray,
+        infos: Sequence[ConfigRecord],
+    ) -> dict[str, float]:
+        """With ``fedsem.diagnostics``: expert-share and label quality of the round.
+
+        See :mod:`fedsem_app.strategies.diagnostics`; metrics that cannot be computed
+        (no categories reported, no references) are left out.
+        """
+        if not self.app.fedsem.diagnostics:
+            return {}
+        holdings = [
+            dict(zip(info.get(p.CATEGORIES, []), info.get(p.CATEGORY_COUNTS, []), strict=False))
+            for info in infos
+        ]
+        out: dict[str, float] = {}
+        if any(holdings):
+            experts = category_experts([q.category for q in prompts], holdings)
+            won = winners(texts, index)
+            out.update(expert_metrics(experts, won, most_relevant(relevance, mask), mask))
+        refs = self.references()
+        out.update(label_rouge(texts, mask, index, [refs.get(q.id, "") for q in prompts]))
+        return out
 
     def vet(self, server_round: int, message: Message) -> tuple[ValidAnswers | None, str | None]:
         """The reply's answers aligned to the round's prompts, or why it has none.
@@ -419,6 +457,7 @@ class FedSem(AppStrategy):
                 if cfg.selective
                 else {}
             ),
+            **(self.diagnose(prompts, texts, mask, result.index, relevance, infos)),
         }
         per_client = {n: {"pick-share": float(s)} for n, s in zip(nodes, shares, strict=True)}
         return Combined(extra=extra, per_client=per_client)
