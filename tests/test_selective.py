@@ -50,9 +50,10 @@ def test_selective_transfer_withholds_labels_from_those_who_know_best(tmp_path):
 
 
 def test_without_selective_transfer_everyone_gets_every_label(tmp_path):
-    _, run_log, seen, _ = run(tmp_path, FOUR)
+    strategy, run_log, seen, _ = run(tmp_path, FOUR)
     assert all(seen[k][1] == [GOOD] * 4 for k in range(4))
     assert "labels-withheld" not in run_log.rows[1]
+    assert "withheld" not in strategy.state_dict()  # checkpoints as before
 
 
 def test_selective_state_survives_a_checkpoint(tmp_path):

@@ -266,7 +266,12 @@ class FedSem(AppStrategy):
         return {
             "pseudo-labels": [dataclasses.asdict(q) for q in self.pseudo_labels],
             "unfinished": sorted(self.unfinished),
-            "withheld": {str(k): sorted(v) for k, v in sorted(self.withheld.items())},
+            # Only with fedsem.selective: pseudo-label id -> nodes not sent it.
+            **(
+                {"withheld": {str(k): sorted(v) for k, v in sorted(self.withheld.items())}}
+                if self.withheld
+                else {}
+            ),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -387,14 +392,15 @@ class FedSem(AppStrategy):
         unfinished = set(self.unfinished) if cfg.label_memory else set()
         withheld = dict(self.withheld) if cfg.label_memory else {}
         nodes = [m.metadata.src_node_id for m, _ in voters]
-        best = knows_best(texts, result.index, relevance, mask)
+        best = knows_best(texts, result.index, relevance, mask) if cfg.selective else None
         for i in chosen:
             q = prompts[i]
             labels[q.id] = QAPair(q.id, q.prompt, texts[i][result.index[i]], q.category)
             unfinished.discard(q.id)
             if not finished[i, result.index[i]]:
                 unfinished.add(q.id)
-            withheld[q.id] = {nodes[k] for k in best[i]}
+            if best is not None:
+                withheld[q.id] = {nodes[k] for k in best[i]}
         self.pseudo_labels = [labels[k] for k in sorted(labels)]
         self.unfinished = unfinished & set(labels)
         self.withheld = {k: v for k, v in withheld.items() if k in labels}
