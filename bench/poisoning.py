@@ -8,9 +8,13 @@ Three parts, each with real models on the packaged construction FAQ:
     held-out test prompts. Then 0, 1 or 2 of them are replaced by poisoned clients
     through the app's fault code (:mod:`fedsem_app.clients.faults`): ``garbage`` (random
     letters) or ``adversarial`` (the same fixed text from every poisoned client, at
-    the highest confidence: colluding). Every consensus rule picks one answer per
-    prompt; we report how often it picked a poisoned answer and the ROUGE-L and
-    embedding similarity of the picks to the reference answers.
+    the highest confidence: colluding). Every client also sends a relevance score
+    per prompt (``similarity``: top-3 mean cosine to its own private prompts); in
+    the ``claims expertise`` attacks the poisoned clients claim the highest score
+    (1.0) on every prompt instead. Every consensus rule picks one answer per prompt
+    or abstains; we report how often a poisoned text became a label, how many
+    prompts got one, and the ROUGE-L and embedding similarity of the labels to the
+    reference answers.
 ``stealthy`` (FedSem)
     The same honest answers; the last of 3 (then of 5) clients answers honestly and
     adds ``fault.text`` (``append``, ``prepend``, ``insert``). Every rule, with and
@@ -52,7 +56,7 @@ POISONED = (0, 1, 2)
 
 
 def honest_clients(args: argparse.Namespace, models: list[str]):
-    """Train one adapter per client on its partition; yield (client, adapter, data size)."""
+    """Train one adapter per client on its partition; yield (client, adapter, private pairs)."""
     from fedsem_app.clients import load_client, set_num_threads
     from fedsem_app.config.sections import DataConfig, LoraConfig, ModelConfig, TrainConfig
     from fedsem_app.data.partition import load_partition
@@ -71,26 +75,37 @@ def honest_clients(args: argparse.Namespace, models: list[str]):
             f"{args.steps} steps, loss {stats['train-loss']:.3f}",
             flush=True,
         )
-        yield client, client.adapter_state(), len(private)
+        yield client, client.adapter_state(), private
 
 
 _HONEST: dict = {}
 
 
-def honest_answers(args: argparse.Namespace, test) -> tuple[list[list[str]], list[list[float]]]:
-    """Every honest client's answers and confidences to the test prompts (K x P), once per run."""
-    from fedsem_app.config.sections import GenerationConfig
+def honest_answers(
+    args: argparse.Namespace, test
+) -> tuple[list[list[str]], list[list[float]], list[list[float]]]:
+    """Every honest client's answers, confidences and relevance scores (K x P), once per run.
+
+    Relevance is the ``similarity`` estimator: top-3 mean cosine of each test prompt to
+    the client's own private prompts.
+    """
+    from fedsem_app.clients.relevance import relevance_scores
+    from fedsem_app.config.sections import FedSemConfig, GenerationConfig
 
     if "texts" not in _HONEST:
+        prompts = [q.prompt for q in test]
         gen = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=16)
-        models = ["smollm2-135m", "gemma3-270m"] * 3
-        texts, confs = [], []
-        for client, _, _ in honest_clients(args, models[:NUM_CLIENTS]):
-            answers, confidences = client.generate([q.prompt for q in test], gen)
+        models = args.models.split(",") * NUM_CLIENTS
+        cfg = FedSemConfig()
+        texts, confs, relevance = [], [], []
+        for client, _, private in honest_clients(args, models[:NUM_CLIENTS]):
+            answers, confidences = client.generate(prompts, gen)
             texts.append(list(answers))
             confs.append([float(c) for c in confidences])
-        _HONEST.update(texts=texts, confs=confs)
-    return _HONEST["texts"], _HONEST["confs"]
+            own = [q.prompt for q in private]
+            relevance.append(relevance_scores("similarity", client, prompts, own, cfg))
+        _HONEST.update(texts=texts, confs=confs, relevance=relevance)
+    return _HONEST["texts"], _HONEST["confs"], _HONEST["relevance"]
 
 
 def text_part(args: argparse.Namespace, test) -> list[dict]:
@@ -105,17 +120,21 @@ def text_part(args: argparse.Namespace, test) -> list[dict]:
 
     prompts = [q.prompt for q in test]
     references = [q.answer for q in test]
-    texts, confs = honest_answers(args, test)
+    texts, confs, relevance = honest_answers(args, test)
     cfg = FedSemConfig()
     rng = np.random.default_rng(args.seed)
     rows = []
-    for attack in ("garbage", "adversarial"):
+    attacks = [(a, claims) for claims in (False, True) for a in ("garbage", "adversarial")]
+    for attack, claims in attacks:
         fault = FaultConfig(mode=attack)
-        for n_bad in POISONED:
+        for n_bad in POISONED[1:] if claims else POISONED:
             grid_texts, grid_confs = [list(t) for t in texts], [list(c) for c in confs]
+            grid_relevance = [list(r) for r in relevance]
             bad = list(range(NUM_CLIENTS - n_bad, NUM_CLIENTS))  # the last n_bad clients
             for k in bad:
                 grid_texts[k], grid_confs[k] = corrupt_answers(fault, texts[k], confs[k], rng)
+                if claims:  # the highest similarity there is, on every prompt
+                    grid_relevance[k] = [1.0] * len(prompts)
             # (K, P) -> (P, K); embed every answer once, as the server does.
             flat = [grid_texts[k][i] for i in range(len(prompts)) for k in range(NUM_CLIENTS)]
             vectors = embed(flat, cfg.embedder).reshape(len(prompts), NUM_CLIENTS, -1)
@@ -123,6 +142,7 @@ def text_part(args: argparse.Namespace, test) -> list[dict]:
                 [[bool(t.strip()) for t in col] for col in zip(*grid_texts, strict=True)]
             )
             conf = torch.tensor(grid_confs, dtype=torch.float32).T
+            rel = torch.tensor(grid_relevance, dtype=torch.float64).T
             for rule in CONSENSUS_RULES:
                 result = consensus(
                     rule,
@@ -130,18 +150,24 @@ def text_part(args: argparse.Namespace, test) -> list[dict]:
                     mask,
                     options=dict(cfg.rule_options).get(rule),
                     confidences=conf,
+                    relevance=rel,
                 )
-                picks = [grid_texts[int(k)][i] for i, k in enumerate(result.index)]
+                # Abstained prompts (index -1) get no label: they count as not poisoned,
+                # and the label quality is over the labelled prompts.
+                labelled = [i for i, k in enumerate(result.index) if k >= 0]
+                picks = [grid_texts[int(result.index[i])][i] for i in labelled]
+                refs = [references[i] for i in labelled]
                 rows.append(
                     {
-                        "attack": attack,
+                        "attack": attack + (", claims expertise" if claims else ""),
                         "poisoned": n_bad,
                         "rule": rule,
                         "picked-poisoned": float(np.isin(result.index, bad).mean()),
-                        "rouge-l": float(np.mean(rouge_l(picks, references))),
-                        "embed-sim": float(
-                            cosine_to_reference(picks, references, cfg.embedder).mean()
-                        ),
+                        "labelled": len(labelled) / len(prompts),
+                        "rouge-l": float(np.mean(rouge_l(picks, refs))) if picks else np.nan,
+                        "embed-sim": float(cosine_to_reference(picks, refs, cfg.embedder).mean())
+                        if picks
+                        else np.nan,
                     }
                 )
     # Context: an average honest client's own answers, no consensus.
@@ -169,7 +195,7 @@ def stealthy_part(args: argparse.Namespace, test) -> list[dict]:
     from fedsem_app.strategies.support import support_labels
 
     references = [q.answer for q in test]
-    texts, confs = honest_answers(args, test)
+    texts, confs, relevance = honest_answers(args, test)
     cfg = FedSemConfig()
     payload = FaultConfig().text
     rng = np.random.default_rng(args.seed)
@@ -186,6 +212,8 @@ def stealthy_part(args: argparse.Namespace, test) -> list[dict]:
             vectors = embed(flat, cfg.embedder).reshape(len(test), k, -1)
             mask = np.array([[bool(t.strip()) for t in row] for row in by_prompt])
             conf = torch.tensor(grid_confs, dtype=torch.float64).T
+            # The stealthy client reports its honest relevance: it claims nothing.
+            rel = torch.tensor(relevance[:k], dtype=torch.float64).T
             for rule in CONSENSUS_RULES:
                 result = consensus(
                     rule,
@@ -193,6 +221,7 @@ def stealthy_part(args: argparse.Namespace, test) -> list[dict]:
                     torch.from_numpy(mask),
                     options=dict(cfg.rule_options).get(rule),
                     confidences=conf,
+                    relevance=rel,
                 )
                 plain = [
                     row[i] if i >= 0 else None
@@ -245,7 +274,7 @@ def adapter_part(args: argparse.Namespace, test) -> list[dict]:
     trained = list(honest_clients(args, ["smollm2-135m"] * NUM_CLIENTS))
     client = trained[0][0]
     adapters = [a for _, a, _ in trained]
-    weights = [n for _, _, n in trained]
+    weights = [len(private) for _, _, private in trained]
     pairs = [(q.prompt, q.answer) for q in test]
 
     def distance(state, ref):
@@ -287,6 +316,11 @@ def main() -> None:
     )
     parser.add_argument("--prompts", type=int, default=32, help="held-out prompts (text part)")
     parser.add_argument("--steps", type=int, default=4, help="local LoRA steps per client")
+    parser.add_argument(
+        "--models",
+        default="smollm2-135m,gemma3-270m",
+        help="text part: models assigned to the 5 clients in turn (comma list)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--scale", type=float, default=10.0, help="fault.scale for adapters")
     parser.add_argument("--seed", type=int, default=42)
@@ -313,7 +347,8 @@ def main() -> None:
                     ("attack", "attack", ""),
                     ("poisoned", "poisoned of 5", ""),
                     ("rule", "rule", ""),
-                    ("picked-poisoned", "picked a poisoned answer", ".0%"),
+                    ("picked-poisoned", "a poisoned text became the label", ".0%"),
+                    ("labelled", "prompts labelled", ".0%"),
                     ("rouge-l", "ROUGE-L", ".3f"),
                     ("embed-sim", "embed-sim", ".3f"),
                 ],

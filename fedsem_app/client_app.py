@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import io
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ from fedsem_app.clients.mods import (
     progress_mod,
     read_request,
 )
+from fedsem_app.clients.relevance import relevance_scores
 from fedsem_app.config.app import AppConfig
 from fedsem_app.config.errors import ConfigError
 from fedsem_app.config.node import NodeConfig
@@ -219,6 +221,10 @@ def train(msg: Message, context: Context) -> Message:
     _save_adapter(trained, adapter_file(cfg.model.cache_path, context, node.model_name))
 
     content = RecordDict({p.INFO: _info(cfg, node)})
+    if cfg.fedsem.diagnostics:  # benchmarks: which categories this node's data covers
+        counts = Counter(q.category for q in private if q.category)
+        content[p.INFO][p.CATEGORIES] = sorted(counts)
+        content[p.INFO][p.CATEGORY_COUNTS] = [counts[c] for c in sorted(counts)]
     metrics = {
         p.NUM_EXAMPLES: max(len(private), 1),
         p.TRAIN_LOSS: float(stats["train-loss"]),
@@ -236,7 +242,7 @@ def train(msg: Message, context: Context) -> Message:
             done and len(t) <= cfg.fedsem.max_answer_chars
             for t, done in zip(answers.texts, answers.finished, strict=True)
         ]
-        content[p.ANSWERS] = ConfigRecord(
+        record = ConfigRecord(
             {
                 p.IDS: [i for i, _, _ in public],
                 **pack_texts(p.TEXTS, texts, cfg.fedsem.wire_compression),
@@ -244,6 +250,17 @@ def train(msg: Message, context: Context) -> Message:
                 p.FINISHED: finished,
             }
         )
+        # How relevant each prompt is to this node's private data (not sent for "none").
+        relevance = relevance_scores(
+            cfg.fedsem.relevance,
+            client,
+            [prompt for _, prompt, _ in public],
+            [q.prompt for q in private],
+            cfg.fedsem,
+        )
+        if relevance is not None:
+            record[p.RELEVANCE] = relevance
+        content[p.ANSWERS] = record
     if request.return_adapter:
         content[p.ADAPTER] = adapter_reply(trained, request)
     content[p.METRICS] = MetricRecord(metrics)

@@ -24,7 +24,7 @@ PSEUDO = "pseudo"  # ConfigRecord: IDS, PROMPTS, TEXTS, FINISHED of the consensu
 TEST = "test"  # ConfigRecord: IDS, PROMPTS, TEXTS (reference answers) to evaluate on,
 # and where the data has short values: VALUES, FACTS, COVERED (see fact-accuracy)
 ADAPTER = "adapter"  # ArrayRecord: LoRA adapter weights (parameter strategies)
-ANSWERS = "answers"  # ConfigRecord reply: IDS, TEXTS, CONFIDENCES, FINISHED
+ANSWERS = "answers"  # ConfigRecord reply: IDS, TEXTS, CONFIDENCES, FINISHED (+ RELEVANCE)
 METRICS = "metrics"  # MetricRecord reply: numbers (see METRIC_* below)
 INFO = "info"  # ConfigRecord reply: MODEL_NAME and other strings
 
@@ -50,8 +50,15 @@ FINISHED = "finished"  # list[bool]: the answer ended with EOS, not at the lengt
 VALUES = "values"  # TEST field, list[str]: the short value a right answer contains
 FACTS = "facts"  # TEST field, list[str]: each prompt's fact id ("" if none)
 COVERED = "covered"  # TEST field, list[bool]: a public prompt asks the same fact
+# list[float], optional: how relevant each public prompt is to the client's private data
+# (fedsem.relevance; sent only when an estimator is set, NaN = no score).
+RELEVANCE = "relevance"
 MODEL_NAME = "model-name"
 CLIENT_NAME = "client-name"  # INFO field: the client's name in a federation spec ("" without)
+# INFO fields with fedsem.diagnostics (benchmarks): the categories of the node's private
+# data and how many examples it holds of each (parallel lists).
+CATEGORIES = "categories"
+CATEGORY_COUNTS = "category-counts"
 NODE_ERROR = "error"
 
 # --- metric names (MetricRecord keys) ------------------------------------------

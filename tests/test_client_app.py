@@ -201,3 +201,28 @@ def test_real_clients_send_quantized_adapters_and_the_server_averages_them(tmp_p
     # framing: well under a quarter of the float32 adapter's 4 bytes per weight.
     weights = sum(a.numpy().size for a in initial.values())
     assert row["bytes-up-train"] < 2 * weights
+
+
+@pytest.mark.parametrize("estimator", ["similarity", "lift"])
+def test_real_clients_send_relevance_and_categories(tmp_path, cache_dir, estimator):
+    _, run_log, _ = run_fedsem(
+        tmp_path,
+        cache_dir,
+        ["tiny-llama", "tiny-gpt2"],
+        rounds=1,
+        **{
+            "fedsem.relevance": estimator,
+            "fedsem.consensus": "relevance",
+            "fedsem.diagnostics": True,
+            "fedsem.samples-per-round": 0,
+        },
+    )
+    samples = [json.loads(line) for line in (run_log.folder / "consensus_samples.jsonl").open()]
+    scores = [a["relevance"] for s in samples for a in s["answers"] if a["valid"]]
+    assert len(samples) == 3 and scores and all(np.isfinite(scores))
+    if estimator == "similarity":
+        assert all(-1 <= r <= 1 for r in scores)
+    row = run_log.rows[1]
+    # The nodes reported their categories, so the expert metrics are there.
+    assert "expert-prompts" in row
+    assert 0.0 <= row["label-rouge-random"] <= row["label-rouge-best"] <= 1.0

@@ -55,7 +55,11 @@ def test_unknown_key_suggests_the_close_one():
 @pytest.mark.parametrize(
     ("key", "value", "match"),
     [
-        ("fedsem.consensus", "majority", "allowed values: centroid, cluster, confidence, medoid"),
+        (
+            "fedsem.consensus",
+            "majority",
+            "allowed values: centroid, cluster, confidence, expert, medoid, relevance",
+        ),
         ("data.partitioner", "random", "allowed values: category, dirichlet, iid"),
         ("train.learning-rate", 0.0, r"must be in \(0, 1\)"),
         ("train.learning-rate", -0.1, r"must be in \(0, 1\)"),

@@ -46,7 +46,7 @@ A0, A1 = (COS10 + 0) / 2, (COS10 + COS80) / 2
 def test_rules_registry_matches_config_choices():
     # The config accepts exactly the registered rules: it asks the registry.
     for rule in CONSENSUS_RULES:
-        assert FedSemConfig(consensus=rule).consensus == rule
+        assert FedSemConfig(consensus=rule, relevance="similarity").consensus == rule
     with pytest.raises(ConfigError, match="allowed values: " + ", ".join(sorted(CONSENSUS_RULES))):
         FedSemConfig(consensus="no-such-rule")
 
@@ -146,7 +146,8 @@ def test_all_masked_prompt_abstains(rule):
     embeddings = np.concatenate([TRIO, TRIO])
     mask = np.array([[True, True, True], [False, False, False]])
     confidences = np.zeros((2, 3))
-    result = consensus(rule, embeddings, mask, confidences=confidences)
+    relevance = np.array([[0.9, 0.1, 0.1], [0.9, 0.1, 0.1]])  # client 0 stands out
+    result = consensus(rule, embeddings, mask, confidences=confidences, relevance=relevance)
     assert result.index.tolist()[1] == -1
     assert result.abstained.tolist() == [False, True]
     assert result.agreement[1] == 0.0
@@ -206,14 +207,19 @@ def test_batched_equals_per_prompt(rule):
     embeddings = rng.normal(size=(6, 5, 8))
     mask = rng.random((6, 5)) < 0.7
     confidences = -rng.random((6, 5)) * 3
+    relevance = rng.random((6, 5))
+    relevance[0, 1] = np.nan
     options = {"options": threshold_options(rule, 0.2), "min_agreement": 0.0}
-    batched = consensus(rule, embeddings, mask, confidences=confidences, **options)
+    batched = consensus(
+        rule, embeddings, mask, confidences=confidences, relevance=relevance, **options
+    )
     for p in range(6):
         single = consensus(
             rule,
             embeddings[p : p + 1],
             mask[p : p + 1],
             confidences=confidences[p : p + 1],
+            relevance=relevance[p : p + 1],
             **options,
         )
         assert single.index[0] == batched.index[p]
@@ -228,7 +234,8 @@ def rounds(draw):
     embeddings = draw(arrays(np.float64, (p, k, d), elements=values))
     mask = draw(arrays(np.bool_, (p, k)))
     confidences = draw(arrays(np.float64, (p, k), elements=st.floats(-20, 0)))
-    return embeddings, mask, confidences
+    relevance = draw(arrays(np.float64, (p, k), elements=st.floats(allow_nan=True, width=32)))
+    return embeddings, mask, confidences, relevance
 
 
 @settings(max_examples=60, deadline=None)
@@ -239,12 +246,13 @@ def rounds(draw):
     min_agreement=st.floats(-1, 1),
 )
 def test_property_choice_is_a_valid_answer(data, rule, threshold, min_agreement):
-    embeddings, mask, confidences = data
+    embeddings, mask, confidences, relevance = data
     result = consensus(
         rule,
         embeddings,
         mask,
         confidences=confidences,
+        relevance=relevance,
         options=threshold_options(rule, threshold),
         min_agreement=min_agreement,
     )

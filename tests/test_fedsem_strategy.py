@@ -37,10 +37,15 @@ def scripted_client(behaviour):
             return Message(content=RecordDict({p.METRICS: MetricRecord(metrics)}), reply_to=msg)
         public = msg.content[p.PUBLIC]
         seen.setdefault(part, []).append(list(msg.content[p.PSEUDO].get(p.TEXTS, [])))
-        texts, confs, ids = behaviour[part](list(public[p.PROMPTS]), list(public[p.IDS]))
+        # A behaviour may add fields to the answers record and to INFO (4th, 5th item).
+        texts, confs, ids, *extra = behaviour[part](list(public[p.PROMPTS]), list(public[p.IDS]))
+        answers = ConfigRecord({p.IDS: ids, p.TEXTS: texts, p.CONFIDENCES: confs})
+        answers.update(extra[0] if extra else {})
+        info = ConfigRecord({p.MODEL_NAME: f"scripted-{part}"})
+        info.update(extra[1] if len(extra) > 1 else {})
         content = RecordDict(
             {
-                p.ANSWERS: ConfigRecord({p.IDS: ids, p.TEXTS: texts, p.CONFIDENCES: confs}),
+                p.ANSWERS: answers,
                 p.METRICS: MetricRecord(
                     {
                         p.NUM_EXAMPLES: 10,
@@ -49,7 +54,7 @@ def scripted_client(behaviour):
                         p.GENERATE_SECONDS: 0.2,
                     }
                 ),
-                p.INFO: ConfigRecord({p.MODEL_NAME: f"scripted-{part}"}),
+                p.INFO: info,
             }
         )
         return Message(content=content, reply_to=msg)

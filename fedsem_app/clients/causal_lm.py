@@ -425,7 +425,61 @@ class CausalLMClient:
         """
         if not pairs:
             raise ValueError("nll needs at least one (prompt, answer) pair")
-        examples = self._examples(pairs, max_len)
+        return self._label_nll(self._examples(pairs, max_len), batch_size)
+
+    def text_logprob(
+        self, texts: Sequence[str], batch_size: int = 8, max_len: int = 512
+    ) -> np.ndarray:
+        """Mean log-probability per token of each text on its own (no template).
+
+        Every token after the first is scored (a BOS is put in front where the
+        tokenizer has one, so the first word is scored too); a text with no token
+        to score gets NaN.
+
+        Returns
+        -------
+        np.ndarray
+            ``(len(texts),)`` float64, ``<= 0`` or NaN.
+
+        """
+        if not texts:
+            return np.zeros(0)
+        examples = []
+        bos = self.tokenizer.bos_token_id
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: max_len - 1]
+            ids = ([bos] if bos is not None else []) + ids
+            labels = list(ids)
+            if not ids:  # nothing to score; one token keeps the batch well-formed
+                ids, labels = [self.tokenizer.eos_token_id], [IGNORE_INDEX]
+            examples.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+        sums, counts = self._label_nll(examples, batch_size)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counts > 0, -sums / np.maximum(counts, 1), np.nan)
+
+    def prompt_lift(
+        self, prompts: Sequence[str], batch_size: int = 8, max_len: int = 512
+    ) -> np.ndarray:
+        """How much the adapter raised each prompt's likelihood: with minus without it.
+
+        ``text_logprob`` under base + adapter minus under the base alone (peft's
+        ``disable_adapter``): two forward passes per prompt, no generation.
+
+        Returns
+        -------
+        np.ndarray
+            ``(len(prompts),)`` float64 nats per token; NaN for an empty prompt.
+
+        """
+        adapted = self.text_logprob(prompts, batch_size, max_len)
+        with self.model.disable_adapter():
+            base = self.text_logprob(prompts, batch_size, max_len)
+        return adapted - base
+
+    def _label_nll(
+        self, examples: Sequence[dict[str, list[int]]], batch_size: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # Summed next-token NLL of the labelled positions and their count, per example.
         sums, counts = [], []
         self.model.eval()
         with torch.inference_mode(), self._autocast():

@@ -183,6 +183,19 @@ class FedSemConfig:
     sentence_support: bool = False
     support_threshold: float = 0.6
     support_share: float = 0.5
+    # How each client scores the relevance of a public prompt to its private data, sent
+    # with its answers for the rules that weigh who knows (relevance, expert); "none"
+    # sends nothing. Estimators: fedsem_app.clients.relevance.
+    relevance: str = "none"
+    # The similarity estimator's k: mean cosine to the k most similar private prompts.
+    similarity_top_k: int = 3
+    # Selective transfer: a client is not sent the label of a prompt on which its own
+    # answer won or it was the most relevant client (it knows best there).
+    selective: bool = False
+    # Benchmarks: clients report their private categories, and each round records
+    # expert-share and the labels' ROUGE-L against the references
+    # (fedsem_app.strategies.diagnostics). Off: nothing more is sent.
+    diagnostics: bool = False
     # Every consensus rule's own options object, as (rule, options) pairs: run-config
     # keys fedsem.<rule>-<option>, declared by the rule (strategies.consensus), not here.
     rule_options: tuple[tuple[str, Any], ...] = field(
@@ -206,6 +219,17 @@ class FedSemConfig:
 
         CODECS.check(self.wire_compression)
         CONSENSUS_RULES.check(self.consensus)
+        from fedsem_app.clients.relevance import NO_RELEVANCE, RELEVANCE_ESTIMATORS
+
+        RELEVANCE_ESTIMATORS.check(self.relevance)
+        check(
+            self.relevance != NO_RELEVANCE or not CONSENSUS_RULES[self.consensus].needs_relevance,
+            "fedsem.relevance",
+            f"consensus rule {self.consensus!r} weighs answers by the clients' relevance "
+            f"scores: set fedsem.relevance to one of "
+            f"{', '.join(n for n in RELEVANCE_ESTIMATORS.names() if n != NO_RELEVANCE)}",
+        )
+        check(self.similarity_top_k > 0, "fedsem.similarity-top-k", "must be a positive integer")
         check(-1 <= self.min_agreement <= 1, "fedsem.min-agreement", "must be in [-1, 1]")
         check(self.max_answer_chars > 0, "fedsem.max-answer-chars", "must be positive")
         check(-1 <= self.support_threshold <= 1, "fedsem.support-threshold", "must be in [-1, 1]")

@@ -32,7 +32,13 @@ Conventions shared by every rule:
   A lone valid answer has agreement 1.0 (it is trivially unanimous; use
   ``num_valid`` to require more voters). A prompt without valid answers has
   agreement 0.0, index -1 and is abstained.
-* A prompt abstains where ``agreement < min_agreement``; its index is then -1.
+* A prompt abstains where ``agreement < min_agreement``, or where the rule itself
+  declines to choose (it scores every valid answer ``-inf``, as ``expert`` does
+  where no client stands out); its index is then -1.
+* Relevance scores (``(P, K)``, how relevant each prompt is to each client's
+  private data, sent by the clients with ``fedsem.relevance``) are claims: NaN
+  means no score. A rule that uses them is registered with ``needs_relevance``,
+  and the config refuses it while ``fedsem.relevance`` is ``none``.
 
 A rule is a scoring function plus, if it has any, its own frozen options class,
 registered together with :func:`consensus_rule` (the rules are in
@@ -68,9 +74,11 @@ class ConsensusResult:
     agreement
         ``(P,)`` float: mean cosine of the chosen answer to the other valid
         answers (1.0 for a lone valid answer, 0.0 without valid answers). Reported
-        for abstained prompts too, so one can see how far below the threshold they were.
+        for abstained prompts too, so one can see how far below the threshold they
+        were; where the rule declined, the highest agreement among the valid answers.
     abstained
-        ``(P,)`` bool: no valid answer, or ``agreement < min_agreement``.
+        ``(P,)`` bool: no valid answer, the rule declined (scored every valid
+        answer ``-inf``), or ``agreement < min_agreement``.
     num_valid
         ``(P,)`` int: how many valid answers the prompt had.
 
@@ -99,6 +107,9 @@ class ConsensusInputs:
     tie_keys
         ``(P, K)`` tensors that break ties between equal scores, most important
         first (confidences, then text keys, where given); see :func:`choose`.
+    relevance
+        ``(P, K)`` float64 relevance of each prompt to each client, NaN where a
+        client sent no (finite) score; all NaN when none were given.
 
     """
 
@@ -107,6 +118,7 @@ class ConsensusInputs:
     valid: torch.Tensor
     confidences: torch.Tensor | None
     tie_keys: tuple[torch.Tensor, ...] = ()
+    relevance: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -126,10 +138,14 @@ class ConsensusRule:
     options
         A frozen dataclass whose defaults are the rule's defaults; it validates
         its values in ``__post_init__``.
+    needs_relevance
+        Whether the rule uses the clients' relevance scores (the config then
+        requires ``fedsem.relevance`` to name an estimator).
     """
 
     score: Callable[[ConsensusInputs, Any], torch.Tensor]
     options: type = NoOptions
+    needs_relevance: bool = False
 
 
 # The rules live in consensus_rules.py (one function and its options each), imported
@@ -139,11 +155,11 @@ CONSENSUS_RULES: Registry[ConsensusRule] = Registry(
 )
 
 
-def consensus_rule(name: str, options: type = NoOptions):
+def consensus_rule(name: str, options: type = NoOptions, *, needs_relevance: bool = False):
     """Decorator: register ``fn(inputs, options)`` as the rule ``name`` with its options."""
 
     def decorator(fn: Callable[[ConsensusInputs, Any], torch.Tensor]):
-        CONSENSUS_RULES.register(name, ConsensusRule(fn, options))
+        CONSENSUS_RULES.register(name, ConsensusRule(fn, options, needs_relevance))
         return fn
 
     return decorator
@@ -261,14 +277,15 @@ def consensus(
     confidences: torch.Tensor | np.ndarray | None = None,
     min_agreement: float = -1.0,
     text_keys: torch.Tensor | np.ndarray | None = None,
+    relevance: torch.Tensor | np.ndarray | None = None,
 ) -> ConsensusResult:
     """Pick one answer per prompt by the named rule.
 
     Parameters
     ----------
     rule
-        A name in :data:`CONSENSUS_RULES`: ``medoid``, ``centroid``, ``cluster``
-        or ``confidence``.
+        A name in :data:`CONSENSUS_RULES`: ``medoid``, ``centroid``, ``cluster``,
+        ``confidence``, ``relevance`` or ``expert``.
     embeddings
         ``(P, K, D)`` answer embeddings, normalised here defensively.
     mask
@@ -286,6 +303,9 @@ def consensus(
         ``(P, K)`` stable keys of the answer texts (:func:`text_key`): the second
         tie-break after confidences. Without them (and without confidences) ties
         go to the lowest index.
+    relevance
+        ``(P, K)`` relevance of each prompt to each client's private data, used by
+        ``relevance`` and ``expert``; NaN (or None for all) means no score.
 
     Returns
     -------
@@ -316,6 +336,11 @@ def consensus(
         )
     conf = _per_answer(confidences, valid.shape, "confidences")
     keys = _per_answer(text_keys, valid.shape, "text_keys")
+    relevant = _per_answer(relevance, valid.shape, "relevance")
+    if relevant is None:
+        relevant = torch.full(valid.shape, torch.nan, dtype=torch.float64)
+    # Infinite claims carry no usable order (inf - inf): they count as no score.
+    relevant = torch.where(torch.isfinite(relevant), relevant, torch.nan)
     tie_keys = tuple(k for k in (conf, keys) if k is not None)
 
     valid = valid & torch.isfinite(raw).all(-1)
@@ -331,14 +356,20 @@ def consensus(
 
     unit = normalise(torch.where(valid[..., None], raw, 0.0))
     similarity = torch.bmm(unit, unit.transpose(1, 2)).clamp(-1.0, 1.0)
-    inputs = ConsensusInputs(unit, similarity, valid, conf, tie_keys)
+    inputs = ConsensusInputs(unit, similarity, valid, conf, tie_keys, relevant)
     scores = torch.where(valid, entry.score(inputs, options), -torch.inf)
 
     index = choose(scores, tie_keys)
-    agreement = mean_similarity_to_others(similarity, valid).gather(-1, index[:, None])[:, 0]
+    centrality = mean_similarity_to_others(similarity, valid)
+    agreement = centrality.gather(-1, index[:, None])[:, 0]
     has_valid = num_valid > 0
+    # A rule declines a prompt by scoring every valid answer -inf (NaN counts as -inf);
+    # such a prompt reports the highest agreement among its valid answers.
+    declined = ~(scores > -torch.inf).any(-1)  # NaN > -inf is False
+    best = torch.where(valid, centrality, -torch.inf).max(-1).values
+    agreement = torch.where(declined, best, agreement)
     agreement = torch.where(has_valid, agreement, 0.0)
-    abstained = ~has_valid | (agreement < min_agreement)
+    abstained = ~has_valid | declined | (agreement < min_agreement)
     return ConsensusResult(
         index=torch.where(abstained, -1, index).numpy(),
         agreement=agreement.numpy(),

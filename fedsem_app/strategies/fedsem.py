@@ -19,10 +19,17 @@ from flwr.serverapp import Grid
 
 from fedsem_app import protocol as p
 from fedsem_app.config.sections import FedSemConfig
-from fedsem_app.data.records import QAPair
+from fedsem_app.data.records import QAPair, load_records
 from fedsem_app.embedding import embed
 from fedsem_app.strategies import register_strategy
 from fedsem_app.strategies.consensus import ConsensusResult, consensus, text_key
+from fedsem_app.strategies.diagnostics import (
+    category_experts,
+    expert_metrics,
+    label_rouge,
+    most_relevant,
+    winners,
+)
 from fedsem_app.strategies.harness import AppStrategy, Combined, Vetted, build_messages, qa_record
 from fedsem_app.strategies.support import support_labels
 from fedsem_app.strategies.validation import ValidAnswers, check_answers
@@ -43,6 +50,43 @@ def answer_grid(
     confidences = np.stack([a.confidences for a in answers], axis=1)
     finished = np.stack([a.finished for a in answers], axis=1)
     return texts, mask, confidences, finished
+
+
+def relevance_grid(answers: Sequence[ValidAnswers]) -> np.ndarray:
+    """The clients' relevance scores as a prompt-major (P, K) array, NaN = no score."""
+    if not answers:
+        return np.zeros((0, 0))
+    return np.stack([a.relevance for a in answers], axis=1).astype(np.float64)
+
+
+def knows_best(
+    texts: list[list[str]], index: np.ndarray, relevance: np.ndarray, mask: np.ndarray
+) -> list[set[int]]:
+    """Per prompt, the clients that know its label best: its winners and its most relevant.
+
+    A winner is every client whose answer is word for word the chosen text; the most
+    relevant are the valid answers with the prompt's highest finite relevance (all
+    of them where several tie). Selective transfer does not send these clients the label.
+
+    Parameters
+    ----------
+    texts
+        P x K answer texts.
+    index
+        ``(P,)`` chosen answer per prompt, -1 where no label was given (empty set).
+    relevance
+        ``(P, K)`` relevance scores, NaN = no score.
+    mask
+        ``(P, K)`` valid answers.
+
+    Returns
+    -------
+    list[set[int]]
+        Client (column) indices per prompt.
+    """
+    won = winners(texts, index)
+    top = most_relevant(relevance, mask)
+    return [w | t if w else set() for w, t in zip(won, top, strict=True)]
 
 
 def pick_shares(texts: list[list[str]], index: np.ndarray) -> np.ndarray:
@@ -98,6 +142,7 @@ def vote_in_chunks(
     *,
     chunk_texts: int = VOTE_CHUNK_TEXTS,
     embed_fn=embed_grid,
+    relevance: np.ndarray | None = None,
 ) -> tuple[ConsensusResult, float, float]:
     """Embed the answers and pick each prompt's consensus, a block of whole prompts at a time.
 
@@ -116,6 +161,8 @@ def vote_in_chunks(
         Answers per block; a block holds ``max(1, chunk_texts // K)`` prompts.
     embed_fn
         ``fn(texts, mask, embedder) -> (P, K, D)`` tensor; :func:`embed_grid` by default.
+    relevance
+        ``(P, K)`` relevance scores (NaN = no score), for the rules that use them.
 
     Ties between equal scores go to the more confident answer, then to the answer
     with the higher :func:`~fedsem_app.strategies.consensus.text_key`, never to node order.
@@ -147,6 +194,7 @@ def vote_in_chunks(
                 ).reshape(mask[rows].shape),
                 options=cfg.consensus_options,
                 min_agreement=cfg.min_agreement,
+                relevance=None if relevance is None else torch.from_numpy(relevance[rows]),
             )
         )
         embed_seconds += t1 - t0
@@ -174,6 +222,9 @@ class FedSem(AppStrategy):
 
     With ``fedsem.label-memory`` the server keeps the latest label of every public
     prompt answered so far and sends all of them; otherwise only last round's.
+    With ``fedsem.selective`` a node is not sent the label of a prompt on which its
+    own answer won or it sent the highest relevance (:func:`knows_best`): it would
+    only train on its own text, or on a text it knows less about than itself.
     With ``fedsem.vote-unfinished`` off, answers that hit the length cap are left
     out of the vote. Each round records the share of answers cut at the cap
     (``truncated-share``) and, per model, the share of labels its clients' answers
@@ -191,8 +242,10 @@ class FedSem(AppStrategy):
     The client must reply with:
         ``answers`` ConfigRecord with ``ids`` (the ids it was sent, same order),
         ``texts`` (one answer per prompt), ``confidences`` (mean token
-        log-prob per answer, finite) and optionally ``finished`` (list[bool],
-        whether each answer ended with EOS; all True when absent); ``metrics`` MetricRecord with
+        log-prob per answer, finite), optionally ``finished`` (list[bool],
+        whether each answer ended with EOS; all True when absent) and optionally
+        ``relevance`` (list[float], one score per prompt with ``fedsem.relevance``;
+        non-finite = no score); ``metrics`` MetricRecord with
         ``num-examples`` and ``train-loss``; ``info`` ConfigRecord with ``model-name``.
 
     Parameters
@@ -207,18 +260,28 @@ class FedSem(AppStrategy):
         super().__init__(*args, **kwargs)
         self.pseudo_labels: list[QAPair] = []
         self.unfinished: set[int] = set()  # ids of pseudo-labels cut at the length cap
+        # Selective transfer: pseudo-label id -> nodes not sent it (they know best there).
+        self.withheld: dict[int, set[int]] = {}
+        self._references: dict[int, str] | None = None  # fedsem.diagnostics only
 
     def state_dict(self) -> dict[str, Any]:
         """The pseudo-labels the next round sends (all FedSem carries between rounds)."""
         return {
             "pseudo-labels": [dataclasses.asdict(q) for q in self.pseudo_labels],
             "unfinished": sorted(self.unfinished),
+            # Only with fedsem.selective: pseudo-label id -> nodes not sent it.
+            **(
+                {"withheld": {str(k): sorted(v) for k, v in sorted(self.withheld.items())}}
+                if self.withheld
+                else {}
+            ),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the pseudo-labels of :meth:`state_dict`."""
         self.pseudo_labels = [QAPair(**q) for q in state.get("pseudo-labels", [])]
         self.unfinished = set(state.get("unfinished", []))
+        self.withheld = {int(k): set(v) for k, v in state.get("withheld", {}).items()}
 
     def round_prompts(self, server_round: int) -> list[QAPair]:
         """The public prompts of a round (a function of the round, so nothing to keep)."""
@@ -239,16 +302,64 @@ class FedSem(AppStrategy):
         )
         config.update(p.TrainRequest(server_round=server_round).to_config())
         codec = self.app.fedsem.wire_compression
-        pseudo = qa_record(self.pseudo_labels, codec=codec)
-        pseudo[p.FINISHED] = [q.id not in self.unfinished for q in self.pseudo_labels]
-        content = RecordDict(
-            {
-                p.TRAIN_CONFIG: config,
-                p.PUBLIC: qa_record(prompts, with_answers=False, codec=codec),
-                p.PSEUDO: pseudo,
-            }
-        )
-        return build_messages(content, node_ids, MessageType.TRAIN)
+        public = qa_record(prompts, with_answers=False, codec=codec)
+
+        def content(labels: list[QAPair]) -> RecordDict:
+            pseudo = qa_record(labels, codec=codec)
+            pseudo[p.FINISHED] = [q.id not in self.unfinished for q in labels]
+            return RecordDict({p.TRAIN_CONFIG: config, p.PUBLIC: public, p.PSEUDO: pseudo})
+
+        if not (self.app.fedsem.selective and self.withheld):
+            return build_messages(content(self.pseudo_labels), node_ids, MessageType.TRAIN)
+        # Selective transfer: each node gets the labels it does not know best itself.
+        return [
+            message
+            for node in node_ids
+            for message in build_messages(
+                content([q for q in self.pseudo_labels if node not in self.withheld.get(q.id, ())]),
+                [node],
+                MessageType.TRAIN,
+            )
+        ]
+
+    def references(self) -> dict[int, str]:
+        """Reference answers of the public prompts, by id, from the dataset (diagnostics)."""
+        if self._references is None:
+            try:
+                self._references = {q.id: q.answer for q in load_records(self.app.data)}
+            except Exception as err:  # noqa: BLE001 - a diagnostic must not stop the run
+                log(WARNING, "diagnostics: no reference answers (%s)", err)
+                self._references = {}
+        return self._references
+
+    def diagnose(
+        self,
+        prompts: Sequence[QAPair],
+        texts: list[list[str]],
+        mask: np.ndarray,
+        index: np.ndarray,
+        relevance: np.ndarray,
+        infos: Sequence[ConfigRecord],
+    ) -> dict[str, float]:
+        """With ``fedsem.diagnostics``: expert-share and label quality of the round.
+
+        See :mod:`fedsem_app.strategies.diagnostics`; metrics that cannot be computed
+        (no categories reported, no references) are left out.
+        """
+        if not self.app.fedsem.diagnostics:
+            return {}
+        holdings = [
+            dict(zip(info.get(p.CATEGORIES, []), info.get(p.CATEGORY_COUNTS, []), strict=False))
+            for info in infos
+        ]
+        out: dict[str, float] = {}
+        if any(holdings):
+            experts = category_experts([q.category for q in prompts], holdings)
+            won = winners(texts, index)
+            out.update(expert_metrics(experts, won, most_relevant(relevance, mask), mask))
+        refs = self.references()
+        out.update(label_rouge(texts, mask, index, [refs.get(q.id, "") for q in prompts]))
+        return out
 
     def vet(self, server_round: int, message: Message) -> tuple[ValidAnswers | None, str | None]:
         """The reply's answers aligned to the round's prompts, or why it has none.
@@ -275,7 +386,10 @@ class FedSem(AppStrategy):
         cfg = self.app.fedsem
         texts, answered, confidences, finished = answer_grid([a for _, a in voters])
         mask = answered if cfg.vote_unfinished else answered & finished
-        result, embed_seconds, consensus_seconds = vote_in_chunks(texts, mask, confidences, cfg)
+        relevance = relevance_grid([a for _, a in voters])
+        result, embed_seconds, consensus_seconds = vote_in_chunks(
+            texts, mask, confidences, cfg, relevance=relevance
+        )
         label_texts = [texts[i][k] if k >= 0 else None for i, k in enumerate(result.index)]
         support_seconds = 0.0
         if cfg.sentence_support:
@@ -293,21 +407,26 @@ class FedSem(AppStrategy):
         chosen = [i for i in chosen_by_vote if label_texts[i] is not None]
         labels = {q.id: q for q in self.pseudo_labels} if cfg.label_memory else {}
         unfinished = set(self.unfinished) if cfg.label_memory else set()
+        withheld = dict(self.withheld) if cfg.label_memory else {}
+        nodes = [m.metadata.src_node_id for m, _ in voters]
+        best = knows_best(texts, result.index, relevance, mask) if cfg.selective else None
         for i in chosen:
             q = prompts[i]
             labels[q.id] = QAPair(q.id, q.prompt, label_texts[i], q.category)
             unfinished.discard(q.id)
             if not finished[i, result.index[i]]:
                 unfinished.add(q.id)
+            if best is not None:
+                withheld[q.id] = {nodes[k] for k in best[i]}
         self.pseudo_labels = [labels[k] for k in sorted(labels)]
         self.unfinished = unfinished & set(labels)
+        self.withheld = {k: v for k, v in withheld.items() if k in labels}
         infos = [m.content.get(p.INFO, ConfigRecord()) for m, _ in voters]
         models = [info.get(p.MODEL_NAME, "") for info in infos]
         # A federation spec names its clients: pick-share goes by client, else by model.
         owners = [
             info.get(p.CLIENT_NAME, "") or model for info, model in zip(infos, models, strict=True)
         ]
-        nodes = [m.metadata.src_node_id for m, _ in voters]
         shares = pick_shares(texts, result.index)
         by_model: dict[str, float] = {}
         for owner, share in zip(owners, shares, strict=True):
@@ -328,6 +447,11 @@ class FedSem(AppStrategy):
                             "valid": bool(mask[i, k]),
                             "finished": bool(finished[i, k]),
                             "confidence": float(confidences[i, k]),
+                            **(
+                                {"relevance": float(relevance[i, k])}
+                                if np.isfinite(relevance[i, k])
+                                else {}
+                            ),
                         }
                         for k, (n, mdl) in enumerate(zip(nodes, models, strict=True))
                     ],
@@ -362,6 +486,13 @@ class FedSem(AppStrategy):
                 else {}
             ),
             "answers-masked": int((~mask).sum()),
+            # Selective transfer: (node, label) pairs not sent because the node knows best.
+            **(
+                {"labels-withheld": sum(len(v) for v in self.withheld.values())}
+                if cfg.selective
+                else {}
+            ),
+            **(self.diagnose(prompts, texts, mask, result.index, relevance, infos)),
         }
         per_client = {n: {"pick-share": float(s)} for n, s in zip(nodes, shares, strict=True)}
         return Combined(extra=extra, per_client=per_client)

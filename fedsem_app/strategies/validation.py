@@ -38,6 +38,9 @@ class ValidAnswers:
         flags).
     problems
         Reasons for each prompt-level exclusion (for the log).
+    relevance
+        One relevance score per prompt, NaN where the client sent none or a
+        non-finite one (all NaN if it sent no scores).
     """
 
     texts: list[str]
@@ -45,10 +48,13 @@ class ValidAnswers:
     valid: np.ndarray
     finished: np.ndarray | None = None
     problems: list[str] = field(default_factory=list)
+    relevance: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.finished is None:
             self.finished = np.ones(len(self.texts), dtype=bool)
+        if self.relevance is None:
+            self.relevance = np.full(len(self.texts), np.nan)
 
 
 def reply_error(message: Message) -> str | None:
@@ -109,9 +115,11 @@ def check_answers(
     """Validate a FedSem answers record against the prompt ids that were sent.
 
     A structurally wrong record (missing, wrong types, ids not matching, a
-    different number of texts than prompts) rejects the whole reply. Single
-    answers that are empty, longer than ``max_chars`` or carry a non-finite
-    confidence are masked out of that prompt's consensus only.
+    different number of texts than prompts, relevance scores that are not one
+    number per text) rejects the whole reply. Single answers that are empty,
+    longer than ``max_chars`` or carry a non-finite confidence are masked out of
+    that prompt's consensus only. A non-finite relevance score is no score (NaN);
+    the answer still votes. Relevance is optional: without it every score is NaN.
 
     Returns
     -------
@@ -146,6 +154,17 @@ def check_answers(
         or not all(isinstance(f, bool) for f in flags)
     ):
         return None, f"'{p.FINISHED}' must be one true/false per text"
+    scores = record.get(p.RELEVANCE)
+    if scores is not None and (
+        not isinstance(scores, list)
+        or len(scores) != len(texts)
+        or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in scores)
+    ):
+        return None, f"'{p.RELEVANCE}' must be one number per text"
+    relevance = np.array(
+        [r if math.isfinite(r) else np.nan for r in scores or [np.nan] * len(texts)],
+        dtype=np.float64,
+    )
 
     valid = np.ones(len(texts), dtype=bool)
     problems = []
@@ -164,7 +183,9 @@ def check_answers(
             problems.append(f"prompt {expected_ids[i]}: {reason}")
     conf_arr = np.array([c if math.isfinite(c) else 0.0 for c in confs], dtype=np.float32)
     conf_arr[~valid] = 0.0
-    return ValidAnswers(clean, conf_arr, valid, np.array(flags, dtype=bool), problems), None
+    relevance[~valid] = np.nan
+    flags = np.array(flags, dtype=bool)
+    return ValidAnswers(clean, conf_arr, valid, flags, problems, relevance), None
 
 
 # Layout of an adapter: tensor name -> (shape, dtype), as Flower's Array describes them.
