@@ -22,6 +22,8 @@ from fedsem_app.tools.study import write_study
 # locally (``local-hetero``).
 HETERO_MODELS = "smollm2-135m,gemma3-270m,smollm2-135m"
 
+SIMILARITY = {"fedsem.relevance": "similarity"}
+
 # label -> (strategy, run-config overrides on top of the profile)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "local": ("local", {}),
@@ -39,6 +41,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fedsem-min-agreement": ("fedsem", {"fedsem.min-agreement": 0.8}),
     # Answers cut at gen.max-new-tokens stay out of the vote.
     "fedsem-finished-only": ("fedsem", {"fedsem.vote-unfinished": False}),
+    # Rules that weigh who knows: each client scores every public prompt by its top-3
+    # similarity to its own private prompts (fedsem.relevance = "similarity").
+    "fedsem-relevance": ("fedsem", {"fedsem.consensus": "relevance", **SIMILARITY}),
+    "fedsem-expert": ("fedsem", {"fedsem.consensus": "expert", **SIMILARITY}),
+    "fedsem-expert-lift": ("fedsem", {"fedsem.consensus": "expert", "fedsem.relevance": "lift"}),
+    "fedsem-expert-selective": (
+        "fedsem",
+        {"fedsem.consensus": "expert", "fedsem.selective": True, **SIMILARITY},
+    ),
     "local-hetero": ("local", {"model.names": HETERO_MODELS}),
     "fedsem-hetero": ("fedsem", {"model.names": HETERO_MODELS}),
 }
