@@ -1,6 +1,9 @@
 """Role-fixed splits, the generated private-facts dataset and fact-accuracy."""
 
+import csv
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,8 @@ from fedsem_app.data.records import QAPair, load_node_private, load_records
 from fedsem_app.data.split import load_split, split_dataset
 from fedsem_app.server_app import check_setup
 from fedsem_app.strategies.harness import test_record as build_test_record
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_jsonl(path, rows):
@@ -313,3 +318,53 @@ def test_comparison_shows_fact_columns_only_where_measured():
     assert "| 2.000 | 2.000 | 0.250 | 0.750 |" in with_facts[2]
     assert "| 2.000 | 2.000 | – | – |" in with_facts[3]
     assert "fact acc." not in without[0]
+
+
+def test_test_record_of_values_without_fact_ids_has_no_subsets():
+    records = [QAPair(i, f"q{i}", f"a{i}", "c", value=f"v{i}") for i in range(10)]
+    split = split_dataset(records, 0.2, 0.3, 0)
+
+    record = build_test_record(split)
+
+    assert list(record[p.VALUES]) == [q.value for q in split.test]
+    assert p.FACTS not in record and p.COVERED not in record
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("flwr") is None, reason="flwr CLI not on PATH")
+def test_facts_profile_runs_through_fedsem_compare(tmp_path, flwr_env, monkeypatch):
+    from fedsem_app.tools.compare import main as compare_main
+    from fedsem_app.tools.compare import read_profile, run_config_text
+
+    for key in ("FLWR_HOME", "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "FLWR_LOCAL_CONTROL_API_PORT"):
+        monkeypatch.setenv(key, flwr_env[key])
+    # conf/facts.toml shrunk to tiny models, 3 people and one short round.
+    shared, _ = read_profile(ROOT / "conf" / "facts.toml")
+    shared.update(
+        {
+            "model.names": "tiny-llama",
+            "num-server-rounds": 1,
+            "train.local-steps": 2,
+            "gen.max-new-tokens": 8,
+            "data.facts-entities": 3,
+            "data.facts-public-coverage": 0.5,
+            "fedsem.prompts-per-round": 9,
+        }
+    )
+    profile = tmp_path / "facts.toml"
+    profile.write_text(
+        run_config_text(shared)
+        + '[compare]\nstrategies = ["local", "fedsem"]\nfederation-config = "num-supernodes=3"\n'
+    )
+    out = tmp_path / "out"
+
+    code = compare_main([str(profile), "--out", str(out)])
+
+    assert code == 0, (out / "comparison.md").read_text()
+    with open(out / "comparison.csv") as fh:
+        rows = {r["strategy"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"local", "fedsem"}
+    for row in rows.values():
+        assert row["status"] == "ok"
+        for subset in ("", "-covered", "-uncovered", "-own", "-other"):
+            assert 0 <= float(row[f"fact-accuracy{subset}-final"]) <= 1

@@ -166,6 +166,7 @@ ATTRIBUTES = (
 # Each fact needs its private phrasings plus one public and one test phrasing.
 MAX_PRIVATE_PHRASINGS = min(len(a.questions) for a in ATTRIBUTES) - 2
 DECOY_CATEGORY = "decoy"
+MAX_ENTITIES = 1000
 
 
 def check_facts_shape(cfg: DataConfig) -> None:
@@ -176,7 +177,12 @@ def check_facts_shape(cfg: DataConfig) -> None:
     ConfigError
         A count out of range or a coverage outside [0, 1].
     """
-    check(cfg.facts_entities >= 1, "data.facts-entities", "must be a positive integer")
+    # Twice as many distinct names (people and decoys) must fit in the syllable space.
+    check(
+        1 <= cfg.facts_entities <= MAX_ENTITIES,
+        "data.facts-entities",
+        f"must be in [1, {MAX_ENTITIES}], got {cfg.facts_entities}",
+    )
     check(
         1 <= cfg.facts_attributes <= len(ATTRIBUTES),
         "data.facts-attributes",

@@ -108,6 +108,8 @@ def test_record(split: DataSplit, num_prompts: int = 0) -> ConfigRecord:
     record = qa_record(test)
     if any(q.value for q in test):
         record[p.VALUES] = [q.value for q in test]
+    if any(q.value for q in test) and any(q.fact for q in test):
+        # Without fact ids nothing is known about coverage or ownership: no subsets.
         record[p.FACTS] = [q.fact for q in test]
         record[p.COVERED] = split.covered()[: len(test)]
     return record
