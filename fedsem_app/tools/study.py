@@ -17,10 +17,16 @@ from fedsem_app import protocol as p
 from fedsem_app.files import is_finite
 from fedsem_app.run.intervals import PromptScores, paired_difference
 from fedsem_app.run.meter import human_bytes
-from fedsem_app.run.results import evaluated_rows
+from fedsem_app.run.results import FACT_KEYS, evaluated_rows
 from fedsem_app.tools.comparison import RunRecord, metric_values
 
-GAIN_SIGN = {"rouge-l": 1.0, "embed-sim": 1.0, "nll": -1.0}
+# Higher is better except for NLL; fact-accuracy and its subsets only on data with values.
+GAIN_SIGN = {
+    "rouge-l": 1.0,
+    "embed-sim": 1.0,
+    "nll": -1.0,
+    **{key: 1.0 for key in FACT_KEYS},
+}
 # What every variant is held against, prompt by prompt (the paired-prompts table).
 REFERENCES = ("local", "fedavg-lora")
 TARGET_SHARE = 0.9  # cost to target: 90 % of the reference's final gain over round 0
@@ -553,5 +559,10 @@ def write_study(
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(table)
-    plot_seeds(runs, out / "study_quality.png", ("nll", "rouge-l", "embed-sim"))
+    measured = [
+        m
+        for m in ("nll", "rouge-l", "embed-sim", "fact-accuracy")
+        if any(is_finite(r.rows[-1].get(m)) for r in runs if r.rows)
+    ]
+    plot_seeds(runs, out / "study_quality.png", measured)
     return table
