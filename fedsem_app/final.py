@@ -39,6 +39,7 @@ from flwr.app import ConfigRecord
 
 from fedsem_app import protocol as p
 from fedsem_app.config.app import AppConfig
+from fedsem_app.run.results import run_token
 
 FINAL_DIR = "final"
 GLOBAL_NAME = "global"
@@ -66,8 +67,8 @@ def run_config_record(folder: Path, num_rounds: int, clients_export: bool) -> Co
     Parameters
     ----------
     folder
-        The run folder (absolute). It names the run across a resume, where Flower's
-        run id changes, so clients key their saved adapters by it.
+        The run folder (absolute). It and its run token name the run across a resume,
+        where Flower's run id changes, so clients key their saved adapters by them.
     num_rounds
         The run's total rounds: a client knows when it evaluates the last one.
     clients_export
@@ -77,6 +78,7 @@ def run_config_record(folder: Path, num_rounds: int, clients_export: bool) -> Co
     return ConfigRecord(
         {
             p.RUN_FOLDER: str(folder),
+            p.RUN_TOKEN: run_token(folder),
             p.NUM_ROUNDS: int(num_rounds),
             p.CLIENT_EXPORT: bool(clients_export),
         }

@@ -93,6 +93,7 @@ EVALUATE = "evaluate"
 
 # --- run bookkeeping the server adds to every train/evaluate config (fedsem_app.final)
 RUN_FOLDER = "run-folder"  # the server's absolute run folder: names the run across resumes
+RUN_TOKEN = "run-token"  # the run folder's own id: a reused folder path is another run
 NUM_ROUNDS = "num-server-rounds"  # the run's total, so a client knows its last round
 CLIENT_EXPORT = "export-client-adapters"  # true: clients save their own final adapter
 FINAL_ADAPTER = "final-adapter"  # INFO field of a reply: where the client saved it

@@ -31,20 +31,24 @@ def remember_run(context: Context, config: ConfigRecord) -> None:
     """Keep the run folder a message names in the node's state (for :func:`run_key`)."""
     folder = str(config.get(p.RUN_FOLDER, "") or "")
     if folder:
-        context.state[STATE_RUN] = ConfigRecord({p.RUN_FOLDER: folder})
+        token = str(config.get(p.RUN_TOKEN, "") or "")
+        context.state[STATE_RUN] = ConfigRecord({p.RUN_FOLDER: folder, p.RUN_TOKEN: token})
 
 
 def run_key(context: Context) -> str:
     """A file-name-safe name of this node's run, stable across a resume.
 
-    The run folder's name plus a short hash of its full path, when the server named
-    it (every message does); Flower's run id otherwise (a message from another app).
+    The run folder's name plus a short hash of its full path and its run token, when
+    the server named it (every message does); Flower's run id otherwise (a message
+    from another app). The token keeps a run in a folder path that an earlier, deleted
+    run used from loading that run's adapters.
     """
     record = context.state.get(STATE_RUN)
     folder = str(record.get(p.RUN_FOLDER, "")) if isinstance(record, ConfigRecord) else ""
     if not folder:
         return f"run-{context.run_id}"
-    digest = hashlib.sha256(folder.encode()).hexdigest()[:10]
+    token = str(record.get(p.RUN_TOKEN, ""))
+    digest = hashlib.sha256(f"{folder}\n{token}".encode()).hexdigest()[:10]
     return f"{Path(folder).name}-{digest}"
 
 

@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import time
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from logging import INFO, WARNING
@@ -41,6 +42,7 @@ QUALITY_KEYS = ("rouge-l", "embed-sim")
 FACT_KEYS = (p.FACT_ACCURACY, *(f"{p.FACT_ACCURACY}-{s}" for s in p.FACT_SUBSETS))
 # Files that grow by appending during a round; a checkpoint keeps their sizes.
 APPEND_ONLY_LOGS = ("clients.jsonl", "consensus_samples.jsonl", "prompt_scores.jsonl")
+RUN_TOKEN_FILE = "run-token"  # the run's id, the same after a resume
 EVALUATED = "evaluated"  # row column: False on a round that eval.every skips
 
 
@@ -63,7 +65,16 @@ def make_run_folder(root: Path, run_name: str, strategy: str) -> Path:
         n += 1
         folder = root / f"{base}-{n}"
     folder.mkdir()
+    # A new id per run folder: clients key their saved adapters by it, so a run whose
+    # folder path an earlier (deleted) run had never starts from that run's adapters.
+    (folder / RUN_TOKEN_FILE).write_text(uuid.uuid4().hex)
     return folder
+
+
+def run_token(folder: Path) -> str:
+    """The id :func:`make_run_folder` gave the run (empty for folders made before it did)."""
+    path = Path(folder) / RUN_TOKEN_FILE
+    return path.read_text().strip() if path.is_file() else ""
 
 
 def format_progress(row: Mapping[str, Any], num_rounds: int) -> str:

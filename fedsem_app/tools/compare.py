@@ -174,6 +174,12 @@ def run_strategy(
     """
     config = {**flat, "strategy": strategy, "results-dir": str(runs_dir), "run-name": run_name}
     folder = runs_dir / run_name
+    if folder.exists():
+        # An interrupted earlier run (a study rerun after a stop): keep it aside, so the new
+        # run gets this name (the server never reuses a folder) and is the one read back.
+        aside = runs_dir / f"{run_name}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"
+        print(f"== {strategy}: moving the unfinished {folder} to {aside}", flush=True)
+        folder.rename(aside)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", suffix=".toml", prefix="fedsem-compare-") as tmp:
         tmp.write(run_config_text(config))
