@@ -15,7 +15,7 @@ REFERENCE = ROOT / "docs" / "configuration.md"
 # [text](target) and [text]: target; the target ends at whitespace or ")".
 INLINE_LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 REFERENCE_LINK = re.compile(r"^\s*\[[^\]]+\]:\s*(\S+)", re.MULTILINE)
-FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
+FENCE = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
 # A run-config key: lowercase words joined by hyphens, optionally "section.key".
 KEY = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*(\.[a-z][a-z0-9]*(-[a-z0-9]+)*)?$")
@@ -112,7 +112,12 @@ def reference_keys(text: str) -> list[str]:
 
 
 def test_links_skip_code_and_find_reference_links():
-    text = "see [a](docs/a.md#x) and `[b](nope.md)`\n```\n[c](nope.md)\n```\n[d]: e.md\n"
+    text = (
+        "see [a](docs/a.md#x) and `[b](nope.md)`\n"
+        "```\n[c](nope.md)\n```\n"
+        "- x\n  ```\n  [f](g.md)\n  ```\n"
+        "[d]: e.md\n"
+    )
     assert links(text) == ["docs/a.md#x", "e.md"]
 
 
@@ -154,6 +159,21 @@ def test_reference_keys_reads_key_tables_only():
 def test_relative_links_lead_somewhere(path):
     assert path.exists(), f"{path.relative_to(ROOT)} is missing"
     assert broken_links(path) == [], f"dead links in {path.relative_to(ROOT)}"
+
+
+def test_the_index_links_every_docs_page():
+    index = ROOT / "docs" / "README.md"
+    linked = {
+        (index.parent / target.partition("#")[0]).resolve() for target in links(index.read_text())
+    }
+    pages = {page.resolve() for page in (ROOT / "docs").glob("*.md")} - {index.resolve()}
+    unlinked = sorted(str(page.relative_to(ROOT)) for page in pages - linked)
+    assert unlinked == [], f"docs pages missing from the index docs/README.md: {unlinked}"
+    readme = {
+        (ROOT / target.partition("#")[0]).resolve()
+        for target in links((ROOT / "README.md").read_text())
+    }
+    assert index.resolve() in readme, "README.md does not link docs/README.md"
 
 
 def test_every_run_config_key_is_in_the_reference():
