@@ -52,7 +52,7 @@ def check_setup(cfg: AppConfig, spec: FederationSpec | None = None):
         raise ConfigError(
             "dp.noise-multiplier",
             f"strategy {cfg.strategy!r} has no DP option; it applies to "
-            f"{', '.join(supported)} (fedsem: see README, Privacy); set dp.noise-multiplier=0",
+            f"{', '.join(supported)} (fedsem: see docs/privacy.md); set dp.noise-multiplier=0",
         )
     split = load_split(cfg.data, cfg.seed)
     if strategy_cls.uses_public_prompts and not split.public:
