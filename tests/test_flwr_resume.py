@@ -23,6 +23,7 @@ FINISHED_LAYOUT = [
     "clients.jsonl",
     "config.json",
     "consensus_samples.jsonl",
+    "final/README.md",
     "final/index.json",
     "metrics.csv",
     "metrics.json",
