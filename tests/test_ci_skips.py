@@ -33,6 +33,7 @@ def test_never_collected():
 @pytest.mark.parametrize("ci", ["true", ""])
 def test_a_skip_fails_under_ci_and_stays_a_skip_elsewhere(pytester, monkeypatch, ci):
     monkeypatch.setenv("CI", ci)
+    monkeypatch.delenv("PYTEST_ADDOPTS", raising=False)  # e.g. CI's --junitxml: not for this run
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_skipping=SKIPPING, test_skipping_module=SKIPPING_MODULE)
 
