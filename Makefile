@@ -18,7 +18,7 @@ BIN = $(VENV)/bin
 FLWR_ENV = PATH="$(abspath $(BIN)):$$PATH" FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
 	OMP_WAIT_POLICY=PASSIVE
 
-.PHONY: setup run quick test test-all test-deploy test-outsider-open lint clean
+.PHONY: setup run quick test test-slow test-all test-deploy test-outsider-open lint clean
 
 setup: $(VENV)/.installed
 
@@ -44,13 +44,18 @@ test-all: setup
 	$(FLWR_ENV) $(BIN)/python -m pytest -q -m "slow or not slow"
 
 # Loopback deployment as deploy/start-superlink.sh starts it (TLS, node authentication,
-# Fleet-only proxy): two FedSem rounds on three SuperNodes, the outsider test (every
-# attempt of someone holding only ca.crt is refused; -rP prints what each one got back),
-# and SuperNodes started from a federation spec.
+# Fleet-only proxy): two FedSem rounds on three SuperNodes, a node killed mid-round and
+# misconfigured nodes, the outsider test (every attempt of someone holding only ca.crt
+# is refused; -rP prints what each one got back), and SuperNodes started from a
+# federation spec.
 DEPLOY_TESTS = tests/test_deploy.py tests/test_deploy_outsider.py tests/test_deploy_spec.py
 test-deploy: setup
-	$(FLWR_ENV) $(BIN)/python -m pytest -q -rP -m slow $(DEPLOY_TESTS) \
-		-k "two_fedsem_rounds or outsider or federation_spec"
+	$(FLWR_ENV) $(BIN)/python -m pytest -q -rP -m slow $(DEPLOY_TESTS)
+
+# Every other slow test: the packaged pretrained models, a comparison of every strategy
+# through `flwr run`, a resumed `flwr run`, DP with real clients.
+test-slow: setup
+	$(FLWR_ENV) $(BIN)/python -m pytest -q -m slow $(addprefix --ignore=,$(DEPLOY_TESTS))
 
 # The same outsider attempts against start-superlink.sh --no-proxy: the outsider gets in.
 test-outsider-open: setup

@@ -38,3 +38,36 @@ def flwr_env(tmp_path_factory):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     yield env
     subprocess.run(["pkill", "-f", f"flower-superlink.*--port {http}"], check=False)
+
+
+# CI sets CI=true (.ci/run does). There a skipped test is a test that did not run while
+# the summary looks green, e.g. the deployment tests on a machine without nginx: every
+# skip becomes a failure that names its reason.
+def skips_fail() -> bool:
+    return os.environ.get("CI") == "true"
+
+
+SKIP_IN_CI = "skipped under CI=true, where every selected test must run: {}"
+
+
+def _skip_reason(longrepr) -> str:
+    # A skip's longrepr is (file, line, "Skipped: reason").
+    return longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if skips_fail() and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = SKIP_IN_CI.format(_skip_reason(report.longrepr))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if skips_fail() and report.skipped:  # a module that skips itself as a whole
+        report.outcome = "failed"
+        report.longrepr = SKIP_IN_CI.format(_skip_reason(report.longrepr))

@@ -51,6 +51,7 @@ class FakeGrid(Grid):
             )
         self.offline: set[int] = set()
         self.sent: list[Message] = []
+        self.replies: list[Message] = []  # as they left the nodes, after the wire copy
 
     def set_run(self, run) -> None:
         pass
@@ -93,4 +94,5 @@ class FakeGrid(Grid):
                     error=Error(code=1, reason=f"{type(err).__name__}: {err}"), reply_to=msg
                 )
             replies.append(out)
+        self.replies.extend(replies)
         return replies

@@ -9,9 +9,11 @@ from fedsem_app import protocol as p
 from fedsem_app.client_app import STATE_ADAPTER, app
 from fedsem_app.config.app import load_app_config
 from fedsem_app.data.split import load_split
+from fedsem_app.embedding import embed
 from fedsem_app.run.meter import MeteredGrid
 from fedsem_app.run.results import RunLog, make_run_folder
 from fedsem_app.strategies import get_strategy_class
+from fedsem_app.wire import ZLIB_SUFFIX, unpack_texts
 from tests.fake_grid import FakeGrid
 
 
@@ -61,6 +63,31 @@ def test_heterogeneous_tiny_clients_reach_consensus(tmp_path, cache_dir):
     assert all(len(s) > 0 for s in states)
     # llama and qwen2 share module names; gpt2's fused c_attn differs
     assert len({tuple(s.keys()) for s in states}) == 2
+    # A real vote: every prompt of a round is labelled with the answer of one of the
+    # clients, the valid answer closest on average to the other valid ones (the medoid
+    # rule; ties to the higher confidence), recomputed here from the embedder's vectors.
+    # An empty answer is not valid; at least two valid answers make it a vote.
+    samples = [json.loads(line) for line in (run_log.folder / "consensus_samples.jsonl").open()]
+    assert [s["round"] for s in samples] == [1, 1, 1, 2, 2, 2]
+    for sample in samples:
+        answers = [a for a in sample["answers"] if a["valid"]]
+        assert len(sample["answers"]) == 3 and len(answers) >= 2 and not sample["abstained"]
+        vectors = embed([a["text"] for a in answers], "all-MiniLM-L6-v2")
+        cosine = vectors @ vectors.T
+        to_others = (cosine.sum(axis=1) - np.diag(cosine)) / (len(answers) - 1)
+        best = [a for a, v in zip(answers, to_others, strict=True) if v >= to_others.max() - 1e-5]
+        winner = max(best, key=lambda a: a["confidence"])
+        assert sample["answers"][sample["chosen"]] is winner
+        assert sample["agreement"] == pytest.approx(to_others.max(), abs=1e-5)
+    labels = {q.id: q.answer for q in strategy.pseudo_labels}
+    last = samples[3:]
+    assert labels == {s["prompt-id"]: s["answers"][s["chosen"]]["text"] for s in last}
+    # Round 1's labels went to every node in round 2.
+    train = [m.content for m in grid._grid.sent if m.metadata.message_type == p.TRAIN]
+    round2 = [c[p.PSEUDO] for c in train[3:]]
+    first = {s["prompt-id"]: s["answers"][s["chosen"]]["text"] for s in samples[:3]}
+    assert len(round2) == 3
+    assert all(dict(zip(r[p.IDS], r[p.TEXTS], strict=True)) == first for r in round2)
 
 
 def test_node_with_unknown_model_is_reported_and_the_round_goes_on(tmp_path, cache_dir, caplog):
@@ -121,23 +148,55 @@ def test_injected_raise_is_dropped_and_the_round_goes_on(tmp_path, cache_dir, ca
     assert "partition-id 1: injected fault (fault.mode='raise')" in caplog.text
 
 
+def text_fields(grid) -> list[tuple[str, set[str]]]:
+    """(record, its text-list keys) of every train message the grid carried, both ways."""
+    down = [m.content for m in grid._grid.sent if m.metadata.message_type == p.TRAIN]
+    up = [r.content for r in grid._grid.replies if r.has_content() and p.ANSWERS in r.content]
+    records = [(name, c[name]) for c in down for name in (p.PUBLIC, p.PSEUDO)]
+    records += [(p.ANSWERS, c[p.ANSWERS]) for c in up]
+    # Round 1 has no pseudo-labels yet; an empty list says nothing about the codec.
+    return [
+        (name, {k for k in rec if k.startswith((p.PROMPTS, p.TEXTS))})
+        for name, rec in records
+        if len(rec[p.IDS]) > 0
+    ]
+
+
 def test_adversarial_client_sends_its_text_and_zlib_changes_no_consensus(tmp_path, cache_dir):
     models = ["tiny-llama", "tiny-gpt2", "tiny-llama"]
     fault = {"fault.mode": "adversarial", "fault.clients": "2", "fault.text": "BUY NOW"}
     plain, plain_log, plain_grid = run_fedsem(tmp_path / "a", cache_dir, models, **fault)
-    packed, packed_log, _ = run_fedsem(
+    packed, packed_log, packed_grid = run_fedsem(
         tmp_path / "b", cache_dir, models, **fault, **{"fedsem.wire-compression": "zlib"}
     )
-    samples = [json.loads(line) for line in (plain_log.folder / "consensus_samples.jsonl").open()]
-    node3 = [a["text"] for s in samples for a in s["answers"] if a["node"] == 3]
-    assert node3 and set(node3) == {"BUY NOW"}
-    # Lossless on the wire: the same answers, the same consensus, round after round.
+    # The adversarial node's text reaches the vote as it sent it, compressed or not.
+    for run_log in (plain_log, packed_log):
+        samples = [json.loads(line) for line in (run_log.folder / "consensus_samples.jsonl").open()]
+        node3 = [a["text"] for s in samples for a in s["answers"] if a["node"] == 3]
+        assert node3 and set(node3) == {"BUY NOW"}
+    # On the wire: lists of texts in the plain run; one zlib blob per list in the packed
+    # run, from the server (prompts, pseudo-labels) and from every node (answers).
+    z = ZLIB_SUFFIX
+    expected = {p.PUBLIC: {p.PROMPTS}, p.PSEUDO: {p.PROMPTS, p.TEXTS}, p.ANSWERS: {p.TEXTS}}
+    plain_fields, packed_fields = text_fields(plain_grid), text_fields(packed_grid)
+    assert {name for name, _ in packed_fields} == set(expected)  # round 2 sent labels
+    assert all(keys == expected[name] for name, keys in plain_fields)
+    assert all(keys == {k + z for k in expected[name]} for name, keys in packed_fields)
+    assert len(packed_fields) == len(plain_fields)
+    # Lossless: the same labels reach the clients, the same consensus, round after round.
+    labels = [
+        m.content[p.PSEUDO] for m in plain_grid._grid.sent if m.metadata.message_type == p.TRAIN
+    ]
+    packed_labels = [
+        m.content[p.PSEUDO] for m in packed_grid._grid.sent if m.metadata.message_type == p.TRAIN
+    ]
+    assert [unpack_texts(r, p.TEXTS, 10**6) for r in packed_labels] == [
+        list(r[p.TEXTS]) if p.TEXTS in r else [] for r in labels
+    ]
     assert packed.pseudo_labels == plain.pseudo_labels
     assert [r["agreement-mean"] for r in packed_log.rows[1:]] == [
         r["agreement-mean"] for r in plain_log.rows[1:]
     ]
-    sent = next(m for m in plain_grid._grid.sent if m.metadata.message_type == p.TRAIN).content
-    assert p.TEXTS in sent[p.PSEUDO] or len(sent[p.PSEUDO][p.IDS]) == 0
 
 
 def test_a_restarted_node_finds_its_adapter_on_disk(tmp_path, cache_dir):

@@ -537,6 +537,25 @@ def test_smollm2_generates_english():
     clear_client_cache()
 
 
+# Gemma-3-270M (the second entry of the default model.names): about 1.5 minutes on 2
+# cores the first time (GGUF conversion), then about 40 s.
+@pytest.mark.slow
+def test_gemma3_loads_from_its_packages_and_answers_in_english():
+    clear_client_cache()
+    client = load_client("gemma3-270m", LoraConfig(), cache_dir=ModelConfig().cache_path)
+    assert client.architecture == "gemma3"
+    # A base model: the plain question-answer template, no chat turns.
+    assert client.prompt_text("Hi") == "Question: Hi\nAnswer: "
+    texts, confidences = client.generate(
+        ["What is a building permit?"], GenerationConfig(max_new_tokens=16, batch_size=1)
+    )
+    words = re.findall(r"[A-Za-z]+", texts[0])
+    assert len(words) >= 3, texts
+    assert sum(len(w) for w in words) >= 0.6 * len(texts[0].replace(" ", "")), texts
+    assert math.isfinite(confidences[0]) and confidences[0] <= 0
+    clear_client_cache()
+
+
 def test_length_sorted_batches_return_answers_in_prompt_order(client):
     # Batch 1 has no padding, so sorting changes only the order of generation: the
     # answers must come back identical and in prompt order.

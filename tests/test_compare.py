@@ -10,6 +10,7 @@ import pytest
 
 from fedsem_app.config.app import load_app_config
 from fedsem_app.config.errors import ConfigError
+from fedsem_app.strategies import strategy_names
 from fedsem_app.tools.compare import failure_reason, main, read_profile, run_config_text
 from fedsem_app.tools.comparison import load_run, markdown_table, table_row, write_comparison
 
@@ -209,11 +210,14 @@ def test_failure_reason_picks_the_exception_line():
     assert failure_reason(flwr_output, 0) == flwr_output[1]
 
 
+# About 4 minutes on 2 idle cores: one `flwr run` per strategy.
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("flwr") is None, reason="flwr CLI not on PATH")
-def test_tiny_comparison_through_flwr_run(tmp_path, flwr_env, monkeypatch):
+def test_tiny_comparison_of_every_strategy_through_flwr_run(tmp_path, flwr_env, monkeypatch):
     for key in ("FLWR_HOME", "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "FLWR_LOCAL_CONTROL_API_PORT"):
         monkeypatch.setenv(key, flwr_env[key])
+    names = strategy_names()
+    assert {"fedsem", "fedavg-lora", "fedit", "fedprox-lora", "local", "pooled"} <= set(names)
     profile = tmp_path / "tiny.toml"
     profile.write_text(
         "num-server-rounds = 1\n"
@@ -222,7 +226,7 @@ def test_tiny_comparison_through_flwr_run(tmp_path, flwr_env, monkeypatch):
         "[gen]\nmax-new-tokens = 8\n"
         "[fedsem]\nprompts-per-round = 4\n"
         "[eval]\nnum-prompts = 4\n"
-        '[compare]\nstrategies = ["fedavg-lora", "local"]\n'
+        f"[compare]\nstrategies = {json.dumps(names)}\n"
         'federation-config = "num-supernodes=2"\n'
     )
     out = tmp_path / "out"
@@ -230,13 +234,17 @@ def test_tiny_comparison_through_flwr_run(tmp_path, flwr_env, monkeypatch):
     assert code == 0, (out / "comparison.md").read_text()
     with open(out / "comparison.csv") as fh:
         rows = {r["strategy"]: r for r in csv.DictReader(fh)}
-    assert set(rows) == {"fedavg-lora", "local"}
+    assert set(rows) == set(names)
     for row in rows.values():
-        assert row["status"] == "ok" and row["rounds"] == "1"
+        assert row["status"] == "ok" and row["rounds"] == "1", row
         assert 0 <= float(row["rouge-l-final"]) <= 1
-    # Adapters cross the network both ways for fedavg-lora; local sends only metrics.
-    assert float(rows["fedavg-lora"]["bytes-total"]) > 10 * float(rows["local"]["bytes-total"])
-    assert "[round 1/1]" in (out / "logs" / "local.log").read_text()
+    # Adapters cross the network both ways for the parameter strategies; local sends
+    # only metrics, fedsem texts.
+    for name in ("fedavg-lora", "fedit", "fedprox-lora"):
+        assert float(rows[name]["bytes-total"]) > 10 * float(rows["local"]["bytes-total"])
+    assert float(rows["fedsem"]["bytes-total"]) > float(rows["local"]["bytes-total"])
+    for name in names:
+        assert "[round 1/1]" in (out / "logs" / f"{name}.log").read_text()
 
 
 def test_study_profile_and_seed_lists(tmp_path):

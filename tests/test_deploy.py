@@ -376,10 +376,10 @@ def test_two_fedsem_rounds_on_three_authenticated_supernodes(deployment):
     print(f"deployment run: {seconds:.0f} s, rounds {[round(r['round-seconds']) for r in rows]} s")
 
 
-def wait_for(path: Path, text: str, seconds: float, proc: subprocess.Popen) -> None:
-    """Wait until ``text`` shows up in ``path`` while ``proc`` (the flwr run) still runs."""
+def wait_for(path: Path, text: str, seconds: float, proc: subprocess.Popen, times: int = 1) -> None:
+    """Wait for ``times`` lines of ``text`` in ``path`` while ``proc`` (the flwr run) runs."""
     deadline = time.monotonic() + seconds
-    while text not in (path.read_text(errors="replace") if path.exists() else ""):
+    while (path.read_text(errors="replace") if path.exists() else "").count(text) < times:
         assert proc.poll() is None, f"flwr run ended before {text!r} appeared in {path.name}"
         assert time.monotonic() < deadline, f"{text!r} not in {path.name} after {seconds:.0f} s"
         time.sleep(0.5)
@@ -437,7 +437,11 @@ def test_run_survives_a_node_dying_mid_round_and_misconfigured_nodes(deployment)
                 flwr_run_command(profile), cwd=ROOT, env=dep.env, stdout=out, stderr=out
             )
             try:
-                wait_for(dep.run_dir / "node2.log", "Start `flwr-clientapp` process", 300, run)
+                # Every message starts a ClientApp process: the first is round 0's
+                # evaluation, the second round 1's training.
+                wait_for(
+                    dep.run_dir / "node2.log", "Start `flwr-clientapp` process", 300, run, times=2
+                )
                 kill_node(dep, "node2")
                 wait_for(output_file, "Node Unavailable", 300, run)
                 restarted = start_node(dep, "node2", MODELS[2], 2, check=False)

@@ -92,6 +92,72 @@ def test_clipping_mod_passes_other_messages_through():
     assert dp_clipping_mod(Msg(), None, inner) == "reply" and len(calls) == 1
 
 
+def real_client_updates(tmp_path, cache_dir, **overrides) -> list[np.ndarray]:
+    """Each node's update (reply adapter minus the global one) from one fedavg-lora round."""
+    from fedsem_app.client_app import app
+    from fedsem_app.data.split import load_split
+    from fedsem_app.run.meter import MeteredGrid
+    from fedsem_app.run.results import RunLog, make_run_folder
+    from fedsem_app.strategies import get_strategy_class
+    from tests.fake_grid import FakeGrid
+
+    run_config = load_app_config(
+        {
+            "strategy": "fedavg-lora",
+            "model.names": "tiny-llama",
+            "model.cache-dir": str(cache_dir),
+            "model.device": "cpu",
+            "num-server-rounds": 1,
+            "train.local-steps": 1,
+            "train.max-seq-len": 64,
+            "eval.num-prompts": 1,
+            "eval.generate": False,
+            **overrides,
+        }
+    ).to_flat()
+    cfg = load_app_config(run_config)
+    fake = FakeGrid(app, 2, run_config)
+    grid = MeteredGrid(fake)
+    run_log = RunLog(make_run_folder(tmp_path, "dp", "fedavg-lora"), run_config, 1, grid.snapshot)
+    strategy = get_strategy_class("fedavg-lora")(cfg, load_split(cfg.data, cfg.seed), run_log)
+    strategy.start(grid=grid, initial_arrays=strategy.initial_arrays(), num_rounds=1)
+    sent = {m.metadata.message_id: m for m in fake.sent if m.metadata.message_type == p.TRAIN}
+    updates = []
+    for reply in fake.replies:
+        if reply.metadata.message_type != p.TRAIN:
+            continue
+        assert not reply.has_error(), reply.error
+        before = sent[reply.metadata.reply_to_message_id].content[p.ADAPTER]
+        after = reply.content[p.ADAPTER]
+        assert before.keys() == after.keys()
+        updates.append(
+            np.concatenate([(after[k].numpy() - before[k].numpy()).ravel() for k in sorted(after)])
+        )
+    return updates
+
+
+def test_client_side_clipping_scales_each_real_update_to_the_norm(tmp_path):
+    # Prepare: the same round without DP gives each node's unclipped update u (training
+    # is deterministic: same seed, same data).
+    cache_dir = tmp_path / "models"
+    free = real_client_updates(tmp_path / "free", cache_dir)
+    norms = [float(np.linalg.norm(u)) for u in free]
+    assert len(free) == 2 and min(norms) > 0
+    # Execute: client-side clipping at half the smaller norm.
+    c = min(norms) / 2
+    clipped = real_client_updates(
+        tmp_path / "dp",
+        cache_dir,
+        **{"dp.noise-multiplier": 1e-6, "dp.clipping-norm": c, "dp.clip-side": "client"},
+    )
+    # Assert: each update left the node as u * c / |u|: norm c (it was above c before),
+    # direction unchanged.
+    for u, v, n in zip(free, clipped, norms, strict=True):
+        assert n > c
+        assert np.linalg.norm(v) == pytest.approx(c, rel=1e-4)
+        np.testing.assert_allclose(v, u * (c / n), rtol=1e-3, atol=1e-7)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("side", ["client", "server"])
 def test_a_dp_run_of_real_clients_writes_epsilon_to_metrics_and_summary(tmp_path, side):

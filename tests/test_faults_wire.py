@@ -124,16 +124,21 @@ def test_check_answers_reads_compressed_replies_and_rejects_bombs():
 
 
 def test_median_and_trimmed_mean_by_hand():
-    adapters = [{"w": np.array([v, -v], np.float32)} for v in (0.0, 1.0, 2.0, 3.0, 100.0)]
+    # Five clients, per coordinate; sorted: 0, 1, 2, 6, 100 (and their negatives).
+    adapters = [{"w": np.array([v, -v], np.float32)} for v in (6.0, 0.0, 100.0, 2.0, 1.0)]
     median = combine_adapters(adapters, AggregationConfig(rule="median"))
     np.testing.assert_array_equal(median["w"], [2.0, -2.0])
     assert median["w"].dtype == np.float32
-    # 5 values, trim 0.2: int(0.2 * 5) = 1 cut at each end -> mean(1, 2, 3) = 2
+    # trim 0.2: int(0.2 * 5) = 1 cut at each end -> mean(1, 2, 6) = 3. Not the median
+    # (2, what two cuts per end leave) and not the plain mean (21.8, no cut).
     trimmed = combine_adapters(adapters, AggregationConfig(rule="trimmed-mean", trim_fraction=0.2))
-    np.testing.assert_allclose(trimmed["w"], [2.0, -2.0])
-    # trim 0.1: int(0.5) = 0 cut -> the plain mean (0 + 1 + 2 + 3 + 100) / 5 = 21.2
+    np.testing.assert_allclose(trimmed["w"], [3.0, -3.0], rtol=1e-6)
+    # trim 0.39: int(1.95) = 1 cut (rounded down, not to 2) -> 3 again
+    floor = combine_adapters(adapters, AggregationConfig(rule="trimmed-mean", trim_fraction=0.39))
+    np.testing.assert_allclose(floor["w"], [3.0, -3.0], rtol=1e-6)
+    # trim 0.1: int(0.5) = 0 cut -> the plain mean (0 + 1 + 2 + 6 + 100) / 5 = 21.8
     plain = combine_adapters(adapters, AggregationConfig(rule="trimmed-mean", trim_fraction=0.1))
-    np.testing.assert_allclose(plain["w"], [21.2, -21.2], rtol=1e-6)
+    np.testing.assert_allclose(plain["w"], [21.8, -21.8], rtol=1e-6)
 
 
 def test_bad_aggregation_settings_name_the_key():
