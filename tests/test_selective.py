@@ -130,7 +130,7 @@ def test_diagnostics_in_the_round_metrics(tmp_path):
         scripted(OFF_TOPIC, 0.9, lots),
         scripted(GOOD_TOO, 0.1, few),
     ]
-    _, run_log, _, _ = run(tmp_path, behaviour, **{"fedsem.diagnostics": True})
+    _, run_log, _, folder = run(tmp_path, behaviour, **{"fedsem.diagnostics": True})
     row = run_log.rows[1]
     # GOOD won all 4 prompts, and the expert (client 2) sent the highest relevance.
     assert row["expert-prompts"] == 4 and row["expert-share"] == 0.0
@@ -142,6 +142,12 @@ def test_diagnostics_in_the_round_metrics(tmp_path):
     assert row["label-rouge-chosen"] == pytest.approx(np.mean(good))
     assert row["label-rouge-best"] == pytest.approx(np.mean(np.max(cands, axis=0)))
     assert row["label-rouge-random"] == pytest.approx(np.mean(np.mean(cands, axis=0)))
+    # The run's summary carries them too (both rounds alike here: expert-share 0).
+    summary = run_log.finish()
+    assert summary["diagnostics"]["expert-share"] == 0.0
+    assert (
+        json.loads((folder / "summary.json").read_text())["diagnostics"] == summary["diagnostics"]
+    )
 
 
 def test_no_diagnostics_by_default(tmp_path):
@@ -201,3 +207,34 @@ def test_standardise_relevance_config_key(tmp_path):
     # Every client claims one score on every prompt: standardised, nobody has a score,
     # so only the winners (clients 0 and 1) are withheld: 2 x 4 labels.
     assert run_log.rows[1]["labels-withheld"] == 2 * 4
+
+
+def test_diagnostic_totals_weigh_each_round_by_what_it_covers():
+    from fedsem_app.run.results import diagnostic_totals
+
+    rows = [
+        {"round": 0},
+        {
+            "round": 1,
+            "expert-share": 1.0,
+            "expert-prompts": 1,
+            "prompts-labelled": 4,
+            "label-rouge-chosen": 0.2,
+            "relevance-expert-hit": 0.5,
+        },
+        {
+            "round": 2,
+            "expert-share": 0.0,
+            "expert-prompts": 3,
+            "prompts-labelled": 0,
+            "label-rouge-chosen": 0.9,
+            "relevance-expert-hit": 1.0,
+        },
+    ]
+    # expert-share (1 x 1 + 3 x 0) / 4; the rouge of a round without labels weighs 0.
+    assert diagnostic_totals(rows) == {
+        "expert-share": 0.25,
+        "relevance-expert-hit": 0.75,
+        "label-rouge-chosen": 0.2,
+    }
+    assert diagnostic_totals([{"round": 1, "nll": 2.0}]) == {}
