@@ -11,7 +11,9 @@ Three parts, each with real models on the packaged construction FAQ:
     the highest confidence: colluding). Every client also sends a relevance score
     per prompt (``similarity``: top-3 mean cosine to its own private prompts); in
     the ``claims expertise`` attacks the poisoned clients claim the highest score
-    (1.0) on every prompt instead. Every consensus rule picks one answer per prompt
+    (1.0) on every prompt instead. The rules that read relevance run twice: on the
+    scores as sent and, marked ``(z)``, standardised per client over the prompts
+    (``fedsem.standardise-relevance``). Every consensus rule picks one answer per prompt
     or abstains; we report how often a poisoned text became a label, how many
     prompts got one, and the ROUGE-L and embedding similarity of the labels to the
     reference answers.
@@ -117,6 +119,7 @@ def text_part(args: argparse.Namespace, test) -> list[dict]:
     from fedsem_app.config.sections import FaultConfig, FedSemConfig
     from fedsem_app.embedding import cosine_to_reference, embed
     from fedsem_app.strategies.consensus import CONSENSUS_RULES, consensus
+    from fedsem_app.strategies.fedsem import standardise_relevance
 
     prompts = [q.prompt for q in test]
     references = [q.answer for q in test]
@@ -142,15 +145,21 @@ def text_part(args: argparse.Namespace, test) -> list[dict]:
                 [[bool(t.strip()) for t in col] for col in zip(*grid_texts, strict=True)]
             )
             conf = torch.tensor(grid_confs, dtype=torch.float32).T
-            rel = torch.tensor(grid_relevance, dtype=torch.float64).T
-            for rule in CONSENSUS_RULES:
+            sent = np.array(grid_relevance, dtype=np.float64).T
+            # The rules that read relevance also with fedsem.standardise-relevance: "(z)".
+            variants = [(rule, rule, sent) for rule in CONSENSUS_RULES] + [
+                (f"{rule} (z)", rule, standardise_relevance(sent, mask.numpy()))
+                for rule in CONSENSUS_RULES
+                if CONSENSUS_RULES[rule].needs_relevance
+            ]
+            for label, rule, rel in variants:
                 result = consensus(
                     rule,
                     torch.from_numpy(vectors),
                     mask,
                     options=dict(cfg.rule_options).get(rule),
                     confidences=conf,
-                    relevance=rel,
+                    relevance=torch.from_numpy(rel),
                 )
                 # Abstained prompts (index -1) get no label: they count as not poisoned,
                 # and the label quality is over the labelled prompts.
@@ -161,7 +170,7 @@ def text_part(args: argparse.Namespace, test) -> list[dict]:
                     {
                         "attack": attack + (", claims expertise" if claims else ""),
                         "poisoned": n_bad,
-                        "rule": rule,
+                        "rule": label,
                         "picked-poisoned": float(np.isin(result.index, bad).mean()),
                         "labelled": len(labelled) / len(prompts),
                         "rouge-l": float(np.mean(rouge_l(picks, refs))) if picks else np.nan,

@@ -1,5 +1,8 @@
 """Selective transfer and the per-round diagnostics, on the Ray-free fake Grid."""
 
+import json
+import math
+
 import numpy as np
 import pytest
 
@@ -8,6 +11,7 @@ from fedsem_app.clients.evaluation import rouge_l
 from fedsem_app.config.app import load_app_config
 from fedsem_app.data.records import load_records
 from fedsem_app.data.split import load_split
+from fedsem_app.strategies.consensus import consensus
 from fedsem_app.strategies.diagnostics import (
     category_experts,
     expert_metrics,
@@ -15,7 +19,7 @@ from fedsem_app.strategies.diagnostics import (
     most_relevant,
     winners,
 )
-from fedsem_app.strategies.fedsem import knows_best
+from fedsem_app.strategies.fedsem import knows_best, standardise_relevance
 from tests.test_fedsem_strategy import GOOD, GOOD_TOO, OFF_TOPIC, run
 
 
@@ -126,7 +130,7 @@ def test_diagnostics_in_the_round_metrics(tmp_path):
         scripted(OFF_TOPIC, 0.9, lots),
         scripted(GOOD_TOO, 0.1, few),
     ]
-    _, run_log, _, _ = run(tmp_path, behaviour, **{"fedsem.diagnostics": True})
+    _, run_log, _, folder = run(tmp_path, behaviour, **{"fedsem.diagnostics": True})
     row = run_log.rows[1]
     # GOOD won all 4 prompts, and the expert (client 2) sent the highest relevance.
     assert row["expert-prompts"] == 4 and row["expert-share"] == 0.0
@@ -138,8 +142,99 @@ def test_diagnostics_in_the_round_metrics(tmp_path):
     assert row["label-rouge-chosen"] == pytest.approx(np.mean(good))
     assert row["label-rouge-best"] == pytest.approx(np.mean(np.max(cands, axis=0)))
     assert row["label-rouge-random"] == pytest.approx(np.mean(np.mean(cands, axis=0)))
+    # The run's summary carries them too (both rounds alike here: expert-share 0).
+    summary = run_log.finish()
+    assert summary["diagnostics"]["expert-share"] == 0.0
+    assert (
+        json.loads((folder / "summary.json").read_text())["diagnostics"] == summary["diagnostics"]
+    )
 
 
 def test_no_diagnostics_by_default(tmp_path):
     _, run_log, _, _ = run(tmp_path, FOUR)
     assert not {"expert-share", "label-rouge-chosen"} & set(run_log.rows[1])
+
+
+# --- standardised relevance ----------------------------------------------------------------
+
+
+def test_standardise_relevance_by_hand():
+    relevance = np.array(
+        [
+            [1.0, 1.0, np.nan, 5.0],
+            [2.0, 1.0, 0.5, 1.0],
+            [3.0, 1.0, 1.5, 3.0],
+        ]
+    )
+    mask = np.ones((3, 4), dtype=bool)
+    mask[0, 3] = False  # client 3's first answer is invalid: its 5.0 does not count
+    z = standardise_relevance(relevance, mask)
+    # Client 0: mean 2, std sqrt(2/3) -> -/+ sqrt(3/2). Client 1 claims 1.0 everywhere:
+    # no spread, no score. Client 2: [0.5, 1.5] -> mean 1, std 0.5 -> -1, +1. Client 3: idem.
+    r = math.sqrt(1.5)
+    expected = [[-r, np.nan, np.nan, np.nan], [0, np.nan, -1, -1], [r, np.nan, 1, 1]]
+    np.testing.assert_allclose(z, expected, atol=1e-12)
+    # An offset or a scale on one client's scores changes nothing.
+    shifted = relevance.copy()
+    shifted[:, 0] = 10 + 3 * shifted[:, 0]
+    np.testing.assert_allclose(standardise_relevance(shifted, mask), z, atol=1e-12)
+
+
+def test_standardised_relevance_silences_a_constant_liar_under_expert():
+    # Three prompts, four clients; the honest expert differs per prompt (client p on
+    # prompt p) and every answer agrees with the others enough to be supported.
+    # Client 3 claims the top score 1.0 on every prompt: raw, it is the expert
+    # everywhere; standardised it has no score, and the honest experts win.
+    rng = np.random.default_rng(0)
+    embeddings = np.repeat(rng.normal(size=(1, 1, 8)), 3, axis=0).repeat(4, axis=1)
+    embeddings = embeddings + 0.1 * rng.normal(size=embeddings.shape)
+    honest = np.array([[0.9, 0.2, 0.3], [0.3, 0.8, 0.2], [0.2, 0.3, 0.7]])
+    relevance = np.concatenate([honest, np.ones((3, 1))], axis=1)
+    mask = np.ones((3, 4), dtype=bool)
+    raw = consensus("expert", embeddings, mask, relevance=relevance)
+    z = consensus("expert", embeddings, mask, relevance=standardise_relevance(relevance, mask))
+    assert raw.index.tolist() == [3, 3, 3]
+    assert z.index.tolist() == [0, 1, 2]
+
+
+def test_standardise_relevance_config_key(tmp_path):
+    # The vote uses z-scores; the samples keep what the clients sent.
+    _, run_log, _, folder = run(
+        tmp_path, FOUR, **{"fedsem.standardise-relevance": True, "fedsem.selective": True}
+    )
+    samples = [json.loads(line) for line in (folder / "consensus_samples.jsonl").open()]
+    assert [a["relevance"] for a in samples[0]["answers"]] == [0.1, 0.2, 0.9, 0.1]
+    # Every client claims one score on every prompt: standardised, nobody has a score,
+    # so only the winners (clients 0 and 1) are withheld: 2 x 4 labels.
+    assert run_log.rows[1]["labels-withheld"] == 2 * 4
+
+
+def test_diagnostic_totals_weigh_each_round_by_what_it_covers():
+    from fedsem_app.run.results import diagnostic_totals
+
+    rows = [
+        {"round": 0},
+        {
+            "round": 1,
+            "expert-share": 1.0,
+            "expert-prompts": 1,
+            "prompts-labelled": 4,
+            "label-rouge-chosen": 0.2,
+            "relevance-expert-hit": 0.5,
+        },
+        {
+            "round": 2,
+            "expert-share": 0.0,
+            "expert-prompts": 3,
+            "prompts-labelled": 0,
+            "label-rouge-chosen": 0.9,
+            "relevance-expert-hit": 1.0,
+        },
+    ]
+    # expert-share (1 x 1 + 3 x 0) / 4; the rouge of a round without labels weighs 0.
+    assert diagnostic_totals(rows) == {
+        "expert-share": 0.25,
+        "relevance-expert-hit": 0.75,
+        "label-rouge-chosen": 0.2,
+    }
+    assert diagnostic_totals([{"round": 1, "nll": 2.0}]) == {}

@@ -187,6 +187,10 @@ class FedSemConfig:
     # with its answers for the rules that weigh who knows (relevance, expert); "none"
     # sends nothing. Estimators: fedsem_app.clients.relevance.
     relevance: str = "none"
+    # The server turns each client's relevance scores into z-scores over the round's
+    # prompts before the vote: a constant claim (say, "most relevant everywhere")
+    # carries no score, and per-client offsets cancel.
+    standardise_relevance: bool = False
     # The similarity estimator's k: mean cosine to the k most similar private prompts.
     similarity_top_k: int = 3
     # Selective transfer: a client is not sent the label of a prompt on which its own

@@ -247,6 +247,9 @@ class RunLog:
             shares = pick_share_totals(self.rows)
             if shares:
                 summary["pick-share"] = shares
+            diagnostics = diagnostic_totals(self.rows)
+            if diagnostics:
+                summary["diagnostics"] = diagnostics
             for key in QUALITY_KEYS:
                 values = [r[key] for r in trained if is_finite(r.get(key))]
                 if values:
@@ -273,6 +276,35 @@ def pick_share_totals(rows: list[Mapping[str, Any]]) -> dict[str, float]:
                 model = key.removeprefix("pick-share-")
                 totals[model] = totals.get(model, 0.0) + n * value
     return {m: v / weight for m, v in sorted(totals.items())} if weight else {}
+
+
+# fedsem.diagnostics metrics -> the per-round count each round's value is weighted by.
+DIAGNOSTIC_WEIGHTS = {
+    "expert-share": "expert-prompts",
+    "relevance-expert-hit": "",  # every round alike
+    "label-rouge-chosen": "prompts-labelled",
+    "label-rouge-best": "prompts-labelled",
+    "label-rouge-random": "prompts-labelled",
+}
+
+
+def diagnostic_totals(rows: list[Mapping[str, Any]]) -> dict[str, float]:
+    """The run's ``fedsem.diagnostics`` metrics, each round weighted by what it covers.
+
+    ``expert-share`` by the round's ``expert-prompts``, the ``label-rouge-*`` by its
+    labelled prompts, ``relevance-expert-hit`` equally per round; empty without any.
+    """
+    totals = {}
+    for key, weight_key in DIAGNOSTIC_WEIGHTS.items():
+        pairs = [
+            (r[key], r.get(weight_key, 0) if weight_key else 1.0)
+            for r in rows
+            if is_finite(r.get(key))
+        ]
+        weight = sum(w for _, w in pairs)
+        if weight:
+            totals[key] = sum(v * w for v, w in pairs) / weight
+    return totals
 
 
 def _column_order(key: str) -> tuple[int, str]:

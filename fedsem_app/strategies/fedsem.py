@@ -59,6 +59,42 @@ def relevance_grid(answers: Sequence[ValidAnswers]) -> np.ndarray:
     return np.stack([a.relevance for a in answers], axis=1).astype(np.float64)
 
 
+def standardise_relevance(relevance: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each client's relevance scores as z-scores over the round's prompts.
+
+    Per client (column): subtract the mean and divide by the standard deviation of
+    its finite scores on valid answers. A client's scores then say which prompts
+    are more its topic than its others, on one scale for every client: an offset
+    that raises all of a client's scores (an adapter that raises every likelihood
+    under ``lift``) cancels, and a client that claims the same score everywhere
+    (fewer than two scores, or no spread) has no score at all (NaN). Whatever a
+    client sends, its z-scores have mean 0 and variance 1, so it can claim
+    ``z >= t`` on at most ``P / t**2`` of the round's P prompts.
+
+    Parameters
+    ----------
+    relevance
+        ``(P, K)`` scores, NaN = no score.
+    mask
+        ``(P, K)`` valid answers (only their scores count).
+
+    Returns
+    -------
+    np.ndarray
+        ``(P, K)`` float64 z-scores, NaN where there is none.
+    """
+    scored = mask & np.isfinite(relevance)
+    values = np.where(scored, relevance, np.nan)
+    count = scored.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(np.where(scored, values, 0.0), axis=0) / np.maximum(count, 1)
+        centred = np.where(scored, values - mean, 0.0)
+        std = np.sqrt((centred**2).sum(axis=0) / np.maximum(count, 1))
+        spread = (count >= 2) & (std > 1e-12 * np.maximum(1.0, np.abs(mean)))
+        z = centred / np.where(spread, std, 1.0)
+    return np.where(scored & spread, z, np.nan)
+
+
 def knows_best(
     texts: list[list[str]], index: np.ndarray, relevance: np.ndarray, mask: np.ndarray
 ) -> list[set[int]]:
@@ -386,7 +422,8 @@ class FedSem(AppStrategy):
         cfg = self.app.fedsem
         texts, answered, confidences, finished = answer_grid([a for _, a in voters])
         mask = answered if cfg.vote_unfinished else answered & finished
-        relevance = relevance_grid([a for _, a in voters])
+        sent = relevance_grid([a for _, a in voters])  # as the clients sent them
+        relevance = standardise_relevance(sent, mask) if cfg.standardise_relevance else sent
         result, embed_seconds, consensus_seconds = vote_in_chunks(
             texts, mask, confidences, cfg, relevance=relevance
         )
@@ -447,11 +484,7 @@ class FedSem(AppStrategy):
                             "valid": bool(mask[i, k]),
                             "finished": bool(finished[i, k]),
                             "confidence": float(confidences[i, k]),
-                            **(
-                                {"relevance": float(relevance[i, k])}
-                                if np.isfinite(relevance[i, k])
-                                else {}
-                            ),
+                            **({"relevance": float(sent[i, k])} if np.isfinite(sent[i, k]) else {}),
                         }
                         for k, (n, mdl) in enumerate(zip(nodes, models, strict=True))
                     ],
