@@ -129,6 +129,16 @@ class Registry(MutableMapping[str, T], Generic[T]):
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
 
 
+def reach(location: str):
+    """The object at ``"package.module:NAME"``, its module imported now if it was not yet.
+
+    How the typed config reaches what lives beside the implementations (which import
+    the config): at the first call, when the config itself has loaded.
+    """
+    module, _, attribute = location.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 class RegistryRef:
     """A registry named by where it lives, ``"package.module:NAME"``, imported on first use.
 
@@ -152,7 +162,7 @@ class RegistryRef:
     @property
     def registry(self) -> Registry:
         """The registry itself (its module is imported now, if it was not yet)."""
-        return getattr(importlib.import_module(self.module), self.attribute)
+        return reach(self.location)
 
     def check(self, name: str, key: str = "") -> None:
         """:meth:`Registry.check` of the referenced registry."""
