@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsem_app.console import quiet_loading
+
 PACKAGED_EMBEDDERS = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 
@@ -39,7 +41,8 @@ def get_embedder(name: str, device: str = "cpu"):
     from sentence_transformers import SentenceTransformer
 
     try:
-        return SentenceTransformer(resolve_embedder_path(name), device=device)
+        with quiet_loading():
+            return SentenceTransformer(resolve_embedder_path(name), device=device)
     except Exception as err:  # noqa: BLE001 - re-raised with the fix
         raise ValueError(
             f"cannot load embedder {name!r} ({err}); use 'all-MiniLM-L6-v2' (packaged, offline) "

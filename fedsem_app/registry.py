@@ -16,6 +16,10 @@ value lists what is allowed.
 
 A registry whose entries live in other modules names them in ``modules``; they are
 imported on the first lookup (no import-time side effects elsewhere).
+
+The typed config checks names through a :class:`RegistryRef` (where a registry
+lives, as a string) rather than importing the registry: the modules that implement
+the names read the typed config, so config importing them would close a circle.
 """
 
 from __future__ import annotations
@@ -123,3 +127,53 @@ class Registry(MutableMapping[str, T], Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names())})"
+
+
+def reach(location: str):
+    """The object at ``"package.module:NAME"``, its module imported now if it was not yet.
+
+    How the typed config reaches what lives beside the implementations (which import
+    the config): at the first call, when the config itself has loaded.
+    """
+    module, _, attribute = location.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+class RegistryRef:
+    """A registry named by where it lives, ``"package.module:NAME"``, imported on first use.
+
+    The typed config (``fedsem_app.config``) checks its closed sets of names through
+    these. Each registry lives beside what it registers, and those modules import the
+    config; a reference reaches the registry only when a name is checked, so config
+    imports nothing from ``strategies/``, ``clients/`` or ``data/`` and the check is
+    the registry's own (same message, same allowed values).
+
+    Parameters
+    ----------
+    location
+        ``"fedsem_app.strategies.consensus:CONSENSUS_RULES"``: the module and the
+        module-level name of a :class:`Registry`.
+    """
+
+    def __init__(self, location: str) -> None:
+        self.module, _, self.attribute = location.partition(":")
+        self.location = location
+
+    @property
+    def registry(self) -> Registry:
+        """The registry itself (its module is imported now, if it was not yet)."""
+        return reach(self.location)
+
+    def check(self, name: str, key: str = "") -> None:
+        """:meth:`Registry.check` of the referenced registry."""
+        self.registry.check(name, key)
+
+    def names(self) -> list[str]:
+        """The referenced registry's names, sorted."""
+        return self.registry.names()
+
+    def __getitem__(self, name: str):
+        return self.registry[name]
+
+    def __repr__(self) -> str:
+        return f"RegistryRef({self.location!r})"

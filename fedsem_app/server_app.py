@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsem_app.clients import check_model_name
 from fedsem_app.config.app import AppConfig, load_app_config
 from fedsem_app.config.errors import ConfigError
+from fedsem_app.console import ignore_harmless_warnings
 from fedsem_app.data.split import load_split
 from fedsem_app.final import run_config_record
 from fedsem_app.run.checkpoint import Checkpoint, open_resume
@@ -133,6 +134,8 @@ def run_rounds(strategy, cfg: AppConfig, grid: Grid, folder, arrays: ArrayRecord
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run one federated job end to end (or resume one) and write its results folder."""
+    # In simulation this process also starts Ray, whose start-up warns (console.py).
+    ignore_harmless_warnings()
     cfg, spec = apply_spec(load_app_config(context.run_config))  # the spec's models, if any
     strategy_cls, split = check_setup(cfg, spec)
     checkpoint = open_resume(cfg) if cfg.resume_from else None

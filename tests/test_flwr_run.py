@@ -1,6 +1,7 @@
 """One real `flwr run` of the quick profile (local simulation, three architectures)."""
 
 import json
+import re
 import shutil
 import subprocess
 import tomllib
@@ -112,3 +113,29 @@ def test_quick_profile_runs_through_flwr_with_a_failing_client(tmp_path, flwr_en
     output = proc.stdout + proc.stderr
     assert "[round 2/2]" in output
     assert "partition-id 3: injected fault (fault.mode='raise')" in output
+    check_console(output, num_nodes=4, num_rounds=2)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def check_console(output: str, num_nodes: int, num_rounds: int) -> None:
+    """One line per event: no duplicates, no load bars, no known warnings, short records."""
+    lines = [ANSI.sub("", line) for line in output.splitlines()]
+    # Each node evaluates every round, round 0 included, and says so exactly once
+    # (twice when a library configured Python's root logger: "INFO:flwr:...").
+    for node in range(num_nodes):
+        for rnd in range(num_rounds + 1):
+            event = f"client with partition-id {node}: round {rnd}, evaluating on"
+            assert sum(event in line for line in lines) == 1, (event, output[-3000:])
+    assert not any("INFO:flwr:" in line for line in lines), output[-3000:]
+    # Real progress stays: every training step of a client that trains.
+    assert sum("tiny-gpt2: step 4/4, train loss" in line for line in lines) == num_rounds
+    # No progress bar per model load, no warning the app can prevent.
+    for noise in ("Loading weights", "Warning:", "warnings.warn(", "loss_type="):
+        assert not any(noise in line for line in lines), (noise, output[-3000:])
+    # Flower logs each round's aggregated records: numbers, not per-prompt score lists.
+    records = [line for line in lines if "Aggregated MetricRecord" in line]
+    assert len(records) == 2 * num_rounds  # train and evaluate
+    for record in records:
+        assert "[" not in record.split("Aggregated MetricRecord:", 1)[1], record

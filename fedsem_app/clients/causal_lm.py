@@ -39,6 +39,7 @@ from fedsem_app.clients.generation import (
 from fedsem_app.clients.lora import adapted_module_kinds, make_peft_config
 from fedsem_app.clients.templates import format_prompt
 from fedsem_app.config.sections import GenerationConfig, LoraConfig, TrainConfig
+from fedsem_app.console import quiet_loading
 
 
 class CausalLMClient:
@@ -96,7 +97,7 @@ class CausalLMClient:
         self.dtype = next(model.parameters()).dtype
         peft_config = make_peft_config(lora, architecture)
         # The adapter is initialised on the CPU under a fixed seed: identical on any device.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), quiet_loading():
             torch.manual_seed(seed)
             self.model = peft.get_peft_model(model, peft_config)
         self.model.to(device)

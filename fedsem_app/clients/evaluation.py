@@ -18,9 +18,14 @@ from fedsem_app.embedding import cosine_to_reference
 
 @functools.lru_cache(maxsize=1)
 def _scorer():
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer, tokenizers
 
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    # The tokenizer RougeScorer would pick itself, given: without one it logs "Using
+    # default tokenizer." through absl, whose first message configures Python's root
+    # logger, and every Flower log line of the process then prints twice.
+    return rouge_scorer.RougeScorer(
+        ["rougeL"], tokenizer=tokenizers.DefaultTokenizer(use_stemmer=True)
+    )
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:

@@ -10,6 +10,7 @@ like a hub id ``org/name`` is loaded with ``AutoModelForCausalLM.from_pretrained
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from transformers import (
 
 from fedsem_app.clients.causal_lm import CausalLMClient
 from fedsem_app.config.sections import LoraConfig
+from fedsem_app.console import quiet_loading
 from fedsem_app.registry import Registry
 
 Builder = Callable[[Path], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
@@ -200,11 +202,21 @@ def load_base_model(
     check_model_name(model_name)
     dtype = _dtype_for(device)
     spec = MODEL_REGISTRY.get(model_name)
-    if spec is not None:
-        model, tokenizer = spec.builder(Path(cache_dir).expanduser())
-        return model.to(dtype), tokenizer, spec.architecture
-    model, tokenizer = _load_pretrained(model_name, dtype)
-    return model, tokenizer, model.config.model_type
+    # A load from disk takes a second and needs no progress bar; a hub id may first
+    # download gigabytes, and that progress stays visible.
+    local = spec is not None or _is_local_folder(model_name)
+    with quiet_loading() if local else contextlib.nullcontext():
+        if spec is not None:
+            model, tokenizer = spec.builder(Path(cache_dir).expanduser())
+            model, architecture = model.to(dtype), spec.architecture
+        else:
+            model, tokenizer = _load_pretrained(model_name, dtype)
+            architecture = model.config.model_type
+    if getattr(model, "loss_type", None) is None:
+        # Classes not named *ForCausalLM (GPT-2's GPT2LMHeadModel) get no loss type from
+        # transformers, which then warns on the first loss and falls back to this one.
+        model.loss_type = "ForCausalLM"
+    return model, tokenizer, architecture
 
 
 def resolve_device(device: str) -> str:

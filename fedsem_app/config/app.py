@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsem_app.config.errors import DEFAULT_HOME, ConfigError, check, split_names
+from fedsem_app.config.registries import CONSENSUS_RULES
 from fedsem_app.config.sections import (
     AggregationConfig,
     DataConfig,
@@ -27,6 +28,7 @@ from fedsem_app.config.sections import (
     LoraConfig,
     ModelConfig,
     TrainConfig,
+    default_rule_options,
 )
 
 
@@ -174,15 +176,26 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
     raise TypeError(f"unsupported config type {annotation!r} for {key}")
 
 
+def rule_option_key(rule: str, option: str) -> str:
+    """The run-config key of a consensus rule's option, e.g. ``fedsem.cluster-threshold``."""
+    return f"fedsem.{rule}-{flat_key(option)}"
+
+
+def rule_option_keys() -> dict[str, tuple[str, str]]:
+    """Every consensus rule option as its run-config key -> (rule, options field)."""
+    return {
+        rule_option_key(name, f.name): (name, f.name)
+        for name in CONSENSUS_RULES.names()
+        for f in dataclasses.fields(CONSENSUS_RULES[name].options)
+    }
+
+
 def read_rule_options(run_config: typing.Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     """Every consensus rule's options object from its ``fedsem.<rule>-<option>`` keys.
 
     The keys come from the rule registry, so a rule declares its options once, next
     to its scoring function; missing keys take the options' defaults.
     """
-    from fedsem_app.config.sections import default_rule_options
-    from fedsem_app.strategies.consensus import rule_option_keys
-
     keys = rule_option_keys()
     options = []
     for rule, default in default_rule_options():
@@ -198,8 +211,6 @@ def read_rule_options(run_config: typing.Mapping[str, Any]) -> tuple[tuple[str, 
 
 def flat_rule_options(rule_options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     """The run-config keys of :func:`read_rule_options`' result (its inverse)."""
-    from fedsem_app.strategies.consensus import rule_option_key
-
     return {
         rule_option_key(rule, f.name): getattr(options, f.name)
         for rule, options in rule_options

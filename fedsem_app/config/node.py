@@ -14,6 +14,7 @@ from typing import Any
 
 from fedsem_app.config.app import AppConfig, coerce, flat_key
 from fedsem_app.config.errors import ConfigError, check
+from fedsem_app.config.registries import FAULT_MODES
 from fedsem_app.config.sections import DataConfig, FaultConfig, LoraConfig
 
 
@@ -121,8 +122,6 @@ def load_node_config(node_config: typing.Mapping[str, Any], app: AppConfig) -> N
     fault = None
     if "fault-mode" in node_config:
         mode = str(node_config["fault-mode"])
-        from fedsem_app.clients.faults import FAULT_MODES
-
         FAULT_MODES.check(mode, "fault-mode")
         # The node's own mode applies to itself, whatever fault.clients lists.
         fault = dataclasses.replace(app.fault, mode=mode, clients=(str(partition_id),))

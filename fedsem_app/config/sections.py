@@ -1,16 +1,26 @@
 """The run config's sections as frozen dataclasses, one per concern; each validates itself.
 
 Shared by every side. Closed sets of names (templates, partitioners, consensus
-rules, ...) are not listed here: each check asks the registry that implements them.
+rules, ...) are not listed here: each check asks the registry that implements them,
+reached through :mod:`fedsem_app.config.registries` (config imports nothing from
+``strategies/``, ``clients/`` or ``data/``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from fedsem_app.config.errors import DEFAULT_HOME, check, check_choice
+from fedsem_app.config.registries import (
+    AGGREGATION_RULES,
+    CONSENSUS_RULES,
+    DP_WRAPPERS,
+    FAULT_MODES,
+    PARTITIONERS,
+    TEMPLATES,
+)
 
 # model.device (and a federation spec's device): "cuda:1" counts as "cuda".
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -31,8 +41,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check(len(self.names) > 0, "model.names", "give at least one model name")
-        from fedsem_app.clients.templates import TEMPLATES
-
         check_choice(self.device.split(":")[0], DEVICES, "model.device")
         TEMPLATES.check(self.template)
 
@@ -137,8 +145,6 @@ class DataConfig:
             "data.public-fraction",
             "test-fraction + public-fraction must leave a private pool (< 1)",
         )
-        from fedsem_app.data.partition import PARTITIONERS
-
         PARTITIONERS.check(self.partitioner)
         check(self.dirichlet_alpha > 0, "data.dirichlet-alpha", "must be positive")
         from fedsem_app.data.facts import check_facts_shape
@@ -148,9 +154,7 @@ class DataConfig:
 
 def default_rule_options() -> tuple[tuple[str, Any], ...]:
     """Every registered consensus rule that has options, with its default options."""
-    from fedsem_app.strategies.consensus import CONSENSUS_RULES, rule_option_keys
-
-    rules = sorted({rule for rule, _ in rule_option_keys().values()})
+    rules = [rule for rule in CONSENSUS_RULES.names() if fields(CONSENSUS_RULES[rule].options)]
     return tuple((rule, CONSENSUS_RULES[rule].options()) for rule in rules)
 
 
@@ -209,8 +213,6 @@ class FedSemConfig:
     @property
     def consensus_options(self) -> Any:
         """The options object of the configured rule (its defaults if it has none set)."""
-        from fedsem_app.strategies.consensus import CONSENSUS_RULES
-
         return (
             dict(self.rule_options).get(self.consensus) or CONSENSUS_RULES[self.consensus].options()
         )
@@ -218,7 +220,6 @@ class FedSemConfig:
     def __post_init__(self) -> None:
         check(self.prompts_per_round > 0, "fedsem.prompts-per-round", "must be positive")
         check(0 <= self.pseudo_share <= 1, "fedsem.pseudo-share", "must be in [0, 1]")
-        from fedsem_app.strategies.consensus import CONSENSUS_RULES
         from fedsem_app.wire import CODECS
 
         CODECS.check(self.wire_compression)
@@ -290,7 +291,6 @@ class AggregationConfig:
 
     def __post_init__(self) -> None:
         from fedsem_app.quantize import BITS, SCALE_MODES
-        from fedsem_app.strategies.aggregation import AGGREGATION_RULES
 
         AGGREGATION_RULES.check(self.rule)
         check_choice(self.quantize, ("none", *BITS), "aggregation.quantize")
@@ -320,8 +320,6 @@ class DPConfig:
     def __post_init__(self) -> None:
         check(self.noise_multiplier >= 0, "dp.noise-multiplier", "must be >= 0 (0: no DP)")
         check(self.clipping_norm > 0, "dp.clipping-norm", "must be positive")
-        from fedsem_app.strategies.dp import DP_WRAPPERS
-
         DP_WRAPPERS.check(self.clip_side)
         check(0 < self.delta < 1, "dp.delta", f"must be in (0, 1), got {self.delta}")
 
@@ -346,8 +344,6 @@ class FaultConfig:
     stall_seconds: float = 600.0
 
     def __post_init__(self) -> None:
-        from fedsem_app.clients.faults import FAULT_MODES
-
         FAULT_MODES.check(self.mode)
         check(
             all(c.isdigit() for c in self.clients),

@@ -44,21 +44,21 @@ A rule is a scoring function plus, if it has any, its own frozen options class,
 registered together with :func:`consensus_rule` (the rules are in
 :mod:`fedsem_app.strategies.consensus_rules`). An option ``x`` of rule ``r`` is
 the run-config key ``fedsem.r-x`` (``fedsem.cluster-threshold``); the config reads
-it through :func:`rule_option_keys`, and pyproject.toml declares its default.
+it through :func:`fedsem_app.config.app.rule_option_keys`, and pyproject.toml
+declares its default.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (conventional alias)
 
-from fedsem_app.config.app import flat_key
 from fedsem_app.registry import Registry
 
 
@@ -163,20 +163,6 @@ def consensus_rule(name: str, options: type = NoOptions, *, needs_relevance: boo
         return fn
 
     return decorator
-
-
-def rule_option_key(rule: str, option: str) -> str:
-    """The run-config key of a rule's option, e.g. ``fedsem.cluster-threshold``."""
-    return f"fedsem.{rule}-{flat_key(option)}"
-
-
-def rule_option_keys() -> dict[str, tuple[str, str]]:
-    """Every rule option as its run-config key -> (rule, options field)."""
-    return {
-        rule_option_key(name, f.name): (name, f.name)
-        for name in CONSENSUS_RULES.names()
-        for f in fields(CONSENSUS_RULES[name].options)
-    }
 
 
 TIE_TOLERANCE = 1e-9

@@ -474,8 +474,11 @@ class AppStrategy(ResumableStrategy):
             "eval-dropped": dropped,
         }
         if metrics is not None:
-            # Per-prompt lists become intervals; the row keeps numbers only.
-            row.update({k: v for k, v in metrics.items() if not isinstance(v, list)})
+            # Per-prompt lists become intervals (and prompt_scores.jsonl); the row and
+            # what Flower logs and keeps every round hold numbers only.
+            numbers = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+            row.update(numbers)
+            metrics = MetricRecord(numbers)
             row.update(quality_intervals([dict(m.content[p.METRICS]) for m in kept]))
         self.run_log.add(server_round, row)
         self.run_log.close_round(server_round)
