@@ -203,6 +203,7 @@ CHECKED = {
     "AGGREGATION_RULES": ("AggregationConfig", "rule", "aggregation.rule"),
     "DP_WRAPPERS": ("DPConfig", "clip_side", "dp.clip-side"),
     "FAULT_MODES": ("FaultConfig", "mode", "fault.mode"),
+    "RELEVANCE_ESTIMATORS": ("FedSemConfig", "relevance", "fedsem.relevance"),
 }
 
 

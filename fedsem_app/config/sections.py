@@ -19,8 +19,10 @@ from fedsem_app.config.registries import (
     DP_WRAPPERS,
     FAULT_MODES,
     PARTITIONERS,
+    RELEVANCE_ESTIMATORS,
     TEMPLATES,
 )
+from fedsem_app.registry import reach
 
 # model.device (and a federation spec's device): "cuda:1" counts as "cuda".
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -147,9 +149,8 @@ class DataConfig:
         )
         PARTITIONERS.check(self.partitioner)
         check(self.dirichlet_alpha > 0, "data.dirichlet-alpha", "must be positive")
-        from fedsem_app.data.facts import check_facts_shape
-
-        check_facts_shape(self)
+        # The data.facts-* ranges come from the facts tables, beside the dataset.
+        reach("fedsem_app.data.facts:check_facts_shape")(self)
 
 
 def default_rule_options() -> tuple[tuple[str, Any], ...]:
@@ -224,9 +225,8 @@ class FedSemConfig:
 
         CODECS.check(self.wire_compression)
         CONSENSUS_RULES.check(self.consensus)
-        from fedsem_app.clients.relevance import NO_RELEVANCE, RELEVANCE_ESTIMATORS
-
         RELEVANCE_ESTIMATORS.check(self.relevance)
+        NO_RELEVANCE = reach("fedsem_app.clients.relevance:NO_RELEVANCE")  # noqa: N806
         check(
             self.relevance != NO_RELEVANCE or not CONSENSUS_RULES[self.consensus].needs_relevance,
             "fedsem.relevance",

@@ -37,7 +37,7 @@ import numpy as np
 
 from fedsem_app.config.errors import check
 from fedsem_app.config.sections import DataConfig
-from fedsem_app.data.records import PRIVATE, PUBLIC, ROLES, TEST
+from fedsem_app.data.records import DATASETS, PRIVATE, PUBLIC, ROLES, TEST, QAPair, rows_to_pairs
 
 # Syllables of invented names: two or three give names like "Zorvik" or "Quelandor".
 SYLLABLES = (
@@ -320,6 +320,12 @@ def facts_rows(cfg: DataConfig) -> list[dict[str, Any]]:
         private_phrasings=cfg.facts_private_phrasings,
         public_coverage=cfg.facts_public_coverage,
     )
+
+
+@DATASETS.register("facts")
+def _facts(cfg: DataConfig) -> list[QAPair]:
+    """Generate the private-facts dataset (this module); rows carry roles."""
+    return rows_to_pairs(facts_rows(cfg))
 
 
 def write_jsonl(rows: Sequence[dict[str, Any]], path: Path) -> None:

@@ -60,8 +60,9 @@ ROLES = (PRIVATE, PUBLIC, TEST)
 
 
 DatasetLoader = Callable[[DataConfig], list[QAPair]]
-# data.name: a registered dataset, else a hub dataset name (so no closed check).
-DATASETS: Registry[DatasetLoader] = Registry("dataset")
+# data.name: a registered dataset, else a hub dataset name (so no closed check). The
+# generated facts dataset registers itself in its module, imported on the first lookup.
+DATASETS: Registry[DatasetLoader] = Registry("dataset", modules=["fedsem_app.data.facts"])
 
 
 @DATASETS.register("construction-faq")
@@ -71,14 +72,6 @@ def _construction_faq(cfg: DataConfig) -> list[QAPair]:
 
     rows = zaragoza_construction_faq.load(lang="en")
     return _to_pairs(rows, prompt_field="q", answer_field="a", category_field="category")
-
-
-@DATASETS.register("facts")
-def _facts(cfg: DataConfig) -> list[QAPair]:
-    """Generate the private-facts dataset (:mod:`fedsem_app.data.facts`); rows carry roles."""
-    from fedsem_app.data.facts import facts_rows
-
-    return rows_to_pairs(facts_rows(cfg))
 
 
 def rows_to_pairs(rows: Any) -> list[QAPair]:
