@@ -93,7 +93,7 @@ def test_clipping_mod_passes_other_messages_through():
 
 
 def real_client_updates(tmp_path, cache_dir, **overrides) -> list[np.ndarray]:
-    """Each node's update (reply adapter minus the global one) from one fedavg-lora round."""
+    """Each node's update (reply adapter minus the global one) in one fedavg-lora round, by node."""
     from fedsem_app.client_app import app
     from fedsem_app.data.split import load_split
     from fedsem_app.run.meter import MeteredGrid
@@ -122,7 +122,9 @@ def real_client_updates(tmp_path, cache_dir, **overrides) -> list[np.ndarray]:
     strategy = get_strategy_class("fedavg-lora")(cfg, load_split(cfg.data, cfg.seed), run_log)
     strategy.start(grid=grid, initial_arrays=strategy.initial_arrays(), num_rounds=1)
     sent = {m.metadata.message_id: m for m in fake.sent if m.metadata.message_type == p.TRAIN}
-    updates = []
+    # By node: Flower samples the nodes of a round in random order, so replies come back
+    # in a different order from run to run.
+    updates = {}
     for reply in fake.replies:
         if reply.metadata.message_type != p.TRAIN:
             continue
@@ -130,10 +132,10 @@ def real_client_updates(tmp_path, cache_dir, **overrides) -> list[np.ndarray]:
         before = sent[reply.metadata.reply_to_message_id].content[p.ADAPTER]
         after = reply.content[p.ADAPTER]
         assert before.keys() == after.keys()
-        updates.append(
-            np.concatenate([(after[k].numpy() - before[k].numpy()).ravel() for k in sorted(after)])
+        updates[reply.metadata.src_node_id] = np.concatenate(
+            [(after[k].numpy() - before[k].numpy()).ravel() for k in sorted(after)]
         )
-    return updates
+    return [updates[node] for node in sorted(updates)]
 
 
 def test_client_side_clipping_scales_each_real_update_to_the_norm(tmp_path):
