@@ -52,7 +52,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, machine, markdown, output_folder, write_results  # noqa: E402
+from bench.common import ROOT, bench_parser, finish, machine, output_folder  # noqa: E402
 
 NUM_CLIENTS = 3
 CANARY_CLIENT = 0
@@ -352,11 +352,20 @@ def cached_view(folder: Path, name: str, compute) -> dict:
     return view
 
 
+MEMBERSHIP_COLUMNS = [
+    ("strategy", "strategy", ""),
+    ("party", "party, attack", ""),
+    ("auc", "AUC", ".3f"),
+    ("low", "95 % low", ".3f"),
+    ("high", "95 % high", ".3f"),
+    ("pairs", "members / non-members", ""),
+]
+
+
 def main() -> None:
     """Plant canaries, run the strategies, measure every view, write the tables."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, "privacy", seed=42)
     parser.add_argument("--strategies", default="local,fedsem,fedavg-lora,fedavg-lora-dp")
-    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--records", type=int, default=260, help="rows of the planted file")
     parser.add_argument("--canaries", type=int, default=5)
     parser.add_argument("--copies", type=int, default=3, help="copies of each canary")
@@ -370,7 +379,6 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--dp-noise", type=float, default=1.0, help="fedavg-lora-dp's z")
     parser.add_argument("--dp-clip", type=float, default=1.0, help="fedavg-lora-dp's C")
-    parser.add_argument("--out", help="output folder (default /tmp/fedsem-bench/privacy-*)")
     parser.add_argument("--reuse", action="store_true", help="measure runs already in --out")
     args = parser.parse_args()
 
@@ -475,36 +483,18 @@ def main() -> None:
                 }
             )
         base = base or run
-    write_results(folder, "canary", canary_rows, meta)
-    write_results(folder, "membership", mia_rows, meta)
     bound = float(np.log2(args.candidates + 1))
-    canary_md = markdown(
-        canary_rows,
-        [
-            ("strategy", "strategy", ""),
-            ("party", "party (what it holds)", ""),
-            ("verbatim", "secret verbatim in", ""),
-            ("exposure-mean", f"exposure, mean (bits, max {bound:.2f})", ".2f"),
-            ("exposure-max", "exposure, max", ".2f"),
-            ("final-nll", "run's final test NLL", ".3f"),
-            ("epsilon", "DP epsilon", ".3g"),
-        ],
-    )
-    mia_md = markdown(
-        mia_rows,
-        [
-            ("strategy", "strategy", ""),
-            ("party", "party, attack", ""),
-            ("auc", "AUC", ".3f"),
-            ("low", "95 % low", ".3f"),
-            ("high", "95 % high", ".3f"),
-            ("pairs", "members / non-members", ""),
-        ],
-    )
-    (folder / "canary.md").write_text(canary_md + "\n")
-    (folder / "membership.md").write_text(mia_md + "\n")
-    print(canary_md)
-    print(mia_md)
+    canary_columns = [
+        ("strategy", "strategy", ""),
+        ("party", "party (what it holds)", ""),
+        ("verbatim", "secret verbatim in", ""),
+        ("exposure-mean", f"exposure, mean (bits, max {bound:.2f})", ".2f"),
+        ("exposure-max", "exposure, max", ".2f"),
+        ("final-nll", "run's final test NLL", ".3f"),
+        ("epsilon", "DP epsilon", ".3g"),
+    ]
+    finish(folder, "canary", canary_rows, meta, canary_columns, markdown_file=True)
+    finish(folder, "membership", mia_rows, meta, MEMBERSHIP_COLUMNS, markdown_file=True)
     print(f"results in {folder}")
 
 
