@@ -115,7 +115,7 @@ def run_cell(k: int, num_prompts: int, cfg: FedSemConfig, embed: bool) -> dict:
         t0 = time.perf_counter()
         valid = [check_answers(r, ids, cfg.max_answer_chars)[0] for r in replies]
         t1 = time.perf_counter()
-        texts, mask, confidences = answer_grid(valid)
+        texts, mask, confidences, _ = answer_grid(valid)  # finished: all vote (the default)
         t2 = time.perf_counter()
         result, embed_s, consensus_s = vote_in_chunks(
             texts, mask, confidences, cfg, embed_fn=embed_grid if embed else random_embed
