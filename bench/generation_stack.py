@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import fedsem_app.clients.causal_lm as base
     from fedsem_app.clients import load_client, set_num_threads
-    from fedsem_app.config import GenerationConfig, LoraConfig, ModelConfig
+    from fedsem_app.config.sections import GenerationConfig, LoraConfig, ModelConfig
 
     threads = set_num_threads(args.threads)
     client = load_client(args.model, LoraConfig(), device="cpu", cache_dir=ModelConfig().cache_path)

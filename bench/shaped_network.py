@@ -94,7 +94,7 @@ WARM_CODE = """
 import sys
 from pathlib import Path
 from fedsem_app.clients import load_client
-from fedsem_app.config import LoraConfig
+from fedsem_app.config.sections import LoraConfig
 load_client(sys.argv[1], LoraConfig(), device="cpu", cache_dir=Path(sys.argv[2]))
 """
 
