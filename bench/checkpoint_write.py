@@ -16,9 +16,9 @@ Usage (with the CPU to itself)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +31,10 @@ from fedsem_app.data.records import QAPair
 from fedsem_app.data.split import load_split
 from fedsem_app.quantize import adapter_record
 from fedsem_app.run.checkpoint import CHECKPOINT_DIR, save_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import bench_parser  # noqa: E402
 
 
 def fedsem_state(cfg: AppConfig) -> dict:
@@ -90,7 +94,7 @@ def time_writes(arrays: ArrayRecord | None, strategy_state: dict, rounds: int, r
 
 def main() -> None:
     """Print one JSON line per payload."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="metrics rows in the state")
     args = parser.parse_args()

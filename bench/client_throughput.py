@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, markdown, output_folder, rss_bytes, write_results  # noqa: E402
+from bench.common import bench_parser, finish, machine, output_folder, rss_bytes  # noqa: E402
 
 DEFAULT_MODELS = "tiny-llama,tiny-gpt2,smollm2-135m"
 
@@ -116,14 +116,13 @@ COLUMNS = [
 
 def main(argv: list[str] | None = None) -> int:
     """Run every model in its own process and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = bench_parser(__doc__, "client-throughput")
     parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--prompts", type=int, default=16, help="public prompts generated")
     parser.add_argument("--batch", type=int, default=16, help="generation batch size")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, default=6, help="training steps")
     parser.add_argument("--max-seq-len", type=int, default=96)
-    parser.add_argument("--out", help="output folder (default /tmp/fedsem-bench/...)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -142,13 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"{model}: done", file=sys.stderr)
     meta = {**machine(), **{k: v for k, v in vars(args).items() if k != "child"}}
-    write_results(folder, "client_throughput", rows, meta)
     print(
         f"Client throughput on CPU: {args.prompts} prompts x up to {args.max_new_tokens} new "
         f"tokens, batch {args.batch} vs 1; {args.steps} LoRA steps (rank 8, attention) at "
         f"batch 4 x {args.max_seq_len} tokens.\n"
     )
-    print(markdown(rows, COLUMNS))
+    finish(folder, "client_throughput", rows, meta, COLUMNS)
     print(f"\nwrote {folder}/client_throughput.json, client_throughput.csv")
     return 0
 

@@ -1,7 +1,18 @@
-"""Shared helpers of the benchmark scripts: output folder, tables, memory sampling."""
+"""Shared harness of the benchmark scripts: arguments, output folder, tables, memory sampling.
+
+A script with an output folder reads, in outline::
+
+    parser = bench_parser(__doc__, "my-bench", seed=42)  # --out, --seed
+    parser.add_argument(...)                               # its own arguments
+    args = parser.parse_args(argv)
+    ...
+    folder = output_folder("my-bench", args.out)
+    finish(folder, "my_bench", rows, meta, COLUMNS)        # JSON, CSV, printed table
+"""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -16,6 +27,36 @@ from typing import Any
 from fedsem_app.run.meter import human_bytes  # noqa: F401 - the bench scripts take it from here
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench_parser(
+    doc: str | None, out_name: str | None = None, *, seed: int | None = None
+) -> argparse.ArgumentParser:
+    """The argument parser of a bench script, with the arguments the scripts share.
+
+    Parameters
+    ----------
+    doc : str or None
+        The script's docstring; its first line is the description ``--help`` shows.
+    out_name : str, optional
+        When given, ``--out``: the output folder, by default
+        ``/tmp/fedsem-bench/<out_name>-<date-time>`` (see :func:`output_folder`).
+    seed : int, optional
+        When given, ``--seed`` with this default.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The parser; the script adds its own arguments.
+    """
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    if seed is not None:
+        parser.add_argument("--seed", type=int, default=seed)
+    if out_name is not None:
+        parser.add_argument(
+            "--out", help=f"output folder (default /tmp/fedsem-bench/{out_name}-<date-time>)"
+        )
+    return parser
 
 
 def output_folder(name: str, out: str | None) -> Path:
@@ -59,21 +100,74 @@ def write_results(
         writer.writerows(rows)
 
 
-def markdown(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
-    """A Markdown table; ``columns`` are ``(key, header, format)`` with a format spec or ''."""
-    lines = [
-        "| " + " | ".join(h for _, h, _ in columns) + " |",
-        "|" + "|".join("---" if not f else "---:" for _, _, f in columns) + "|",
-    ]
-    for row in rows:
-        cells = []
-        for key, _, fmt in columns:
-            value = row.get(key, "")
-            cells.append(
-                format(value, fmt) if fmt and isinstance(value, (int, float)) else str(value)
-            )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+Columns = Sequence[tuple[str, str, str]]
+
+
+def markdown_header(columns: Columns) -> str:
+    """The header and alignment lines of a Markdown table (see :func:`markdown`)."""
+    return "\n".join(
+        [
+            "| " + " | ".join(h for _, h, _ in columns) + " |",
+            "|" + "|".join("---" if not f else "---:" for _, _, f in columns) + "|",
+        ]
+    )
+
+
+def markdown_row(row: Mapping[str, Any], columns: Columns) -> str:
+    """One line of a Markdown table (see :func:`markdown`); a missing key is an empty cell."""
+    cells = []
+    for key, _, fmt in columns:
+        value = row.get(key, "")
+        cells.append(format(value, fmt) if fmt and isinstance(value, (int, float)) else str(value))
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], columns: Columns) -> str:
+    """A Markdown table; ``columns`` are ``(key, header, format)``.
+
+    The format is a format spec applied to numbers (other values print as they are),
+    and right-aligns the column; ``''`` leaves the column left-aligned and ``'>'``
+    right-aligns it without formatting.
+    """
+    return "\n".join([markdown_header(columns), *(markdown_row(row, columns) for row in rows)])
+
+
+def finish(
+    folder: Path,
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    meta: Mapping,
+    columns: Columns,
+    *,
+    markdown_file: bool = False,
+) -> str:
+    """Write a benchmark's results and print its table.
+
+    Parameters
+    ----------
+    folder : Path
+        The output folder (:func:`output_folder`).
+    name : str
+        File stem: ``<name>.json`` (rows and ``meta``) and ``<name>.csv`` (rows),
+        and ``<name>.md`` (the table) when ``markdown_file``.
+    rows, meta
+        The measured rows and what they were measured on.
+    columns
+        The printed table's columns (see :func:`markdown`).
+    markdown_file : bool
+        Also write the table to ``<name>.md``.
+
+    Returns
+    -------
+    str
+        The Markdown table, as printed.
+    """
+    write_results(folder, name, rows, meta)
+    table = markdown(rows, columns)
+    if markdown_file:
+        (folder / f"{name}.md").write_text(table + "\n")
+    print(table)
+    return table
 
 
 def rss_bytes() -> int:

@@ -28,7 +28,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict
@@ -37,7 +36,15 @@ from statistics import mean
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import human_bytes, markdown, output_folder, read_jsonl, write_results  # noqa: E402
+from bench.common import (  # noqa: E402
+    bench_parser,
+    finish,
+    human_bytes,
+    markdown,
+    output_folder,
+    read_jsonl,
+    write_results,
+)
 
 KINDS = [(d, k) for k in ("train", "evaluate") for d in ("down", "up")]
 
@@ -202,9 +209,8 @@ TIME_COLUMNS = [
 
 def main(argv: list[str] | None = None) -> int:
     """Print the three tables and write them as JSON and CSV."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = bench_parser(__doc__, "compare-report")
     parser.add_argument("paths", nargs="+", help="run folders or fedsem-compare output folders")
-    parser.add_argument("--out", help="output folder (default /tmp/fedsem-bench/...)")
     args = parser.parse_args(argv)
     folders = run_folders(args.paths)
     folder_out = output_folder("compare-report", args.out)
@@ -247,7 +253,6 @@ def main(argv: list[str] | None = None) -> int:
 
     write_results(folder_out, "bytes", byte_rows, {"runs": [str(f) for f in folders]})
     write_results(folder_out, "answer_tokens", token_rows, {})
-    write_results(folder_out, "round_time", round_rows + means, {})
     print("Bytes per round (measured on the Flower records; mean over rounds):\n")
     print(markdown(shown, BYTE_COLUMNS))
     if token_rows:
@@ -257,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         "\nRound time (client times summed over clients: one simulation actor runs them in "
         "turn; rest = wall - clients - server):\n"
     )
-    print(markdown(round_rows + means, TIME_COLUMNS))
+    finish(folder_out, "round_time", round_rows + means, {}, TIME_COLUMNS)
     print(f"\nwrote {folder_out}/bytes.json|csv, answer_tokens.json|csv, round_time.json|csv")
     return 0
 

@@ -24,7 +24,6 @@ Run from the project root (with the CPU to itself; it prints one table per part)
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -35,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.test_deploy: the loopback deployment harness
+
+from bench.common import bench_parser, markdown, markdown_header, markdown_row  # noqa: E402
 
 # One fresh process, as a ClientApp: imports, then the model load; prints JSON.
 LOAD_CHILD = """
@@ -77,21 +78,39 @@ def _load_once(name: str, cache: Path) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+LOAD_COLUMNS = [
+    ("model", "model", ""),
+    ("imports", "imports s", ""),
+    ("cold", "load, empty cache s", ""),
+    ("warm", "load, filled cache s", ""),
+    ("rewritten", "cache rewritten", ""),
+]
+AGREEMENT_COLUMNS = [
+    ("round", "round", ""),
+    ("model", "model", ""),
+    ("loss", "train loss dep / sim", ""),
+    ("nll", "eval NLL dep / sim", ""),
+]
+
+
 def bench_load(models: list[str], work: Path, repeats: int) -> None:
     """Imports and model load per fresh process, cold cache versus warm cache."""
     print("\n## per ClientApp process (fresh Python process, CPU)\n")
-    print("| model | imports s | load, empty cache s | load, filled cache s | cache rewritten |")
-    print("|---|---|---|---|---|")
+    print(markdown_header(LOAD_COLUMNS))
     for name in models:
         cache = work / f"cache-{name}"
         cold = _load_once(name, cache)
         warm = [_load_once(name, cache) for _ in range(repeats)]
         imports = sorted(r["imports"] for r in [cold, *warm])
         loads = sorted(r["load"] for r in warm)
-        print(
-            f"| {name} | {imports[0]:.1f}-{imports[-1]:.1f} | {cold['load']:.1f} | "
-            f"{loads[0]:.2f}-{loads[-1]:.2f} | {any(r['rewritten'] for r in warm)} |"
-        )
+        row = {
+            "model": name,
+            "imports": f"{imports[0]:.1f}-{imports[-1]:.1f}",
+            "cold": f"{cold['load']:.1f}",
+            "warm": f"{loads[0]:.2f}-{loads[-1]:.2f}",
+            "rewritten": any(r["rewritten"] for r in warm),
+        }
+        print(markdown_row(row, LOAD_COLUMNS))  # a row as each model is done
 
 
 def _round_seconds(folder: Path) -> list[float]:
@@ -114,11 +133,18 @@ def _print_agreement(deployed: Path, simulated: Path) -> None:
     # (one process) shows the trained adapter came back from context.state.
     dep, sim = _client_scores(deployed), _client_scores(simulated)
     print("\n## per client: deployment (filled cache) vs simulation\n")
-    print("| round | model | train loss dep / sim | eval NLL dep / sim |")
-    print("|---|---|---|---|")
+    rows = []
     for key in sorted(dep.keys() & sim.keys()):
         (dl, dn), (sl, sn) = dep[key], sim[key]
-        print(f"| {key[0]} | {key[1]} | {dl:.5f} / {sl:.5f} | {dn:.5f} / {sn:.5f} |")
+        rows.append(
+            {
+                "round": key[0],
+                "model": key[1],
+                "loss": f"{dl:.5f} / {sl:.5f}",
+                "nll": f"{dn:.5f} / {sn:.5f}",
+            }
+        )
+    print(markdown(rows, AGREEMENT_COLUMNS))
 
 
 def _flwr_run(cmd: list[str], env: dict[str, str]) -> float:
@@ -178,15 +204,23 @@ def bench_runs(work: Path, parts: list[str], models: list[str]) -> None:
     if (runs / "warm").is_dir() and (runs / "sim").is_dir():
         _print_agreement(runs / "warm", runs / "sim")
     print(f"\n## quick profile, models {', '.join(models)}, 2 rounds, train.num-threads=1\n")
-    print("| setting | round 1 s | round 2 s | flwr run total s |")
-    print("|---|---|---|---|")
-    for label, seconds, total in rows:
-        print(f"| {label} | {' | '.join(f'{s:.1f}' for s in seconds)} | {total:.1f} |")
+    rounds = max((len(seconds) for _, seconds, _ in rows), default=2)
+    columns = [
+        ("setting", "setting", ""),
+        *((f"round {r}", f"round {r} s", "") for r in range(1, rounds + 1)),
+        ("total", "flwr run total s", ""),
+    ]
+    table = [
+        {"setting": label, "total": f"{total:.1f}"}
+        | {f"round {r}": f"{s:.1f}" for r, s in enumerate(seconds, 1)}
+        for label, seconds, total in rows
+    ]
+    print(markdown(table, columns))
 
 
 def main() -> None:
     """Parse the options and run the chosen parts."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--parts", default="load,deploy,sim", help="comma-separated parts")
     parser.add_argument(
         "--models", default="tiny-llama,smollm2-135m", help="models for the load part"

@@ -12,8 +12,8 @@ The accuracy on the public phrasings caps what any consensus can pass on to othe
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -24,7 +24,9 @@ from fedsem_app.config.app import load_app_config
 from fedsem_app.data.partition import load_partition
 from fedsem_app.data.records import load_records
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import ROOT, bench_parser  # noqa: E402
 
 
 def flat(table: dict, prefix: str = "") -> dict:
@@ -47,7 +49,7 @@ def accuracy(client, rows, gen) -> float:
 
 def main() -> None:
     """Train one client on its facts round by round; print accuracy and seconds as JSON lines."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--profile", type=Path, default=ROOT / "conf" / "facts.toml")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-per-round", type=int, default=40)

@@ -17,7 +17,6 @@ activations ignored; prefill not counted).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench.common import machine, markdown, output_folder, write_results  # noqa: E402
+from bench.common import bench_parser, finish, machine, output_folder  # noqa: E402
 
 
 def bandwidth() -> float:
@@ -43,13 +42,12 @@ def bandwidth() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure every variant and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, "generation-speed")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", default="16,16-sorted,32")
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
     import zaragoza_construction_faq
@@ -115,22 +113,17 @@ def main(argv: list[str] | None = None) -> int:
         **machine(),
     }
     folder = output_folder("generation-speed", args.out)
-    write_results(folder, "generation_speed", rows, meta)
-    table = markdown(
-        rows,
-        [
-            ("variant", "variant", ""),
-            ("tokens", "answer tokens", "d"),
-            ("seconds-all", "seconds (each pass)", ""),
-            ("tokens-per-s", "tokens/s (best)", ".1f"),
-            ("bound-tokens-per-s", "bound tokens/s", ".0f"),
-            ("fraction-of-bound", "of bound", ".1%"),
-            ("same-as-first", f"same answers (of {args.prompts})", "d"),
-        ],
-    )
+    columns = [
+        ("variant", "variant", ""),
+        ("tokens", "answer tokens", "d"),
+        ("seconds-all", "seconds (each pass)", ""),
+        ("tokens-per-s", "tokens/s (best)", ".1f"),
+        ("bound-tokens-per-s", "bound tokens/s", ".0f"),
+        ("fraction-of-bound", "of bound", ".1%"),
+        ("same-as-first", f"same answers (of {args.prompts})", "d"),
+    ]
     print(f"{args.model}: {weight_bytes / 1e6:.0f} MB of weights, bandwidth {bw / 1e9:.1f} GB/s")
-    print(table)
-    (folder / "generation_speed.md").write_text(table + "\n")
+    finish(folder, "generation_speed", rows, meta, columns, markdown_file=True)
     print(f"results in {folder}")
     return 0
 

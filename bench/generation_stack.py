@@ -12,17 +12,26 @@ not expose as a setting (nothing here won; see BENCHMARKS.md 4b).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import bench_parser, markdown  # noqa: E402
+
+COLUMNS = [
+    ("option", "option", ""),
+    ("passes", "seconds (each pass)", ""),
+    ("best", "best", ".1f"),
+    ("ratio", "vs default", ">"),
+    ("same", "same answers", ">"),
+]
+
 
 def main(argv: list[str] | None = None) -> int:
     """Time every option and print seconds and identical answers."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -35,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import fedsem_app.clients.causal_lm as base
     from fedsem_app.clients import load_client, set_num_threads
-    from fedsem_app.config import GenerationConfig, LoraConfig, ModelConfig
+    from fedsem_app.config.sections import GenerationConfig, LoraConfig, ModelConfig
 
     threads = set_num_threads(args.threads)
     client = load_client(args.model, LoraConfig(), device="cpu", cache_dir=ModelConfig().cache_path)
@@ -78,15 +87,21 @@ def main(argv: list[str] | None = None) -> int:
             undo()
             print(f"{name}: {seconds[name][-1]:.1f} s", flush=True)
     print(f"{args.model}, {args.prompts} prompts, {threads} thread(s)")
-    print("| option | seconds (each pass) | best | vs default | same answers |")
-    print("|---|---|---:|---:|---:|")
     reference = min(seconds["default"])
+    rows = []
     for name in options:
         best = min(seconds[name])
         same = sum(a == b for a, b in zip(texts[name], texts["default"], strict=True))
-        passes = ", ".join(f"{s:.1f}" for s in seconds[name])
-        ratio = best / reference
-        print(f"| {name} | {passes} | {best:.1f} | {ratio:.2f}x | {same}/{len(prompts)} |")
+        rows.append(
+            {
+                "option": name,
+                "passes": ", ".join(f"{s:.1f}" for s in seconds[name]),
+                "best": best,
+                "ratio": f"{best / reference:.2f}x",
+                "same": f"{same}/{len(prompts)}",
+            }
+        )
+    print(markdown(rows, COLUMNS))
     return 0
 
 

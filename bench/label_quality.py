@@ -12,8 +12,8 @@ each model's answers with the others'. Offline analysis; nothing here feeds trai
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +24,10 @@ from fedsem_app.config.app import known_keys, load_app_config
 from fedsem_app.data.records import load_records
 from fedsem_app.embedding import cosine_to_reference
 from fedsem_app.run.intervals import mean_interval
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import bench_parser  # noqa: E402
 
 
 def score_samples(folder: Path) -> list[dict]:
@@ -84,7 +88,7 @@ def summarise(rows: Sequence[dict], metric: str) -> dict[str, tuple[float, float
 
 def main() -> None:
     """Score the sampled consensus of the given runs and print (or write) the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()

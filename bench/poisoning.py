@@ -51,7 +51,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, markdown, output_folder, write_results  # noqa: E402
+from bench.common import bench_parser, finish, machine, output_folder  # noqa: E402
 
 NUM_CLIENTS = 5
 POISONED = (0, 1, 2)
@@ -317,9 +317,38 @@ def adapter_part(args: argparse.Namespace, test) -> list[dict]:
     return rows
 
 
+TEXT_COLUMNS = [
+    ("attack", "attack", ""),
+    ("poisoned", "poisoned of 5", ""),
+    ("rule", "rule", ""),
+    ("picked-poisoned", "a poisoned text became the label", ".0%"),
+    ("labelled", "prompts labelled", ".0%"),
+    ("rouge-l", "ROUGE-L", ".3f"),
+    ("embed-sim", "embed-sim", ".3f"),
+]
+STEALTHY_COLUMNS = [
+    ("clients", "clients", ""),
+    ("attack", "attack", ""),
+    ("rule", "rule", ""),
+    ("support", "sentence support", ""),
+    ("attacker-picked", "attacker's answer chosen", ".0%"),
+    ("payload-in-label", "payload in label", ".0%"),
+    ("labelled", "prompts labelled", ".0%"),
+    ("label-rouge-l", "label ROUGE-L", ".3f"),
+    ("support-seconds", "support s", ".2f"),
+]
+ADAPTER_COLUMNS = [
+    ("attack", "attack", ""),
+    ("poisoned", "poisoned of 5", ""),
+    ("rule", "aggregation.rule", ""),
+    ("nll", "test NLL", ".3f"),
+    ("distance", "distance to honest mean", ".3g"),
+]
+
+
 def main() -> None:
     """Run the parts asked for and print one table each."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, "poisoning", seed=42)
     parser.add_argument(
         "--parts", default="text,stealthy,adapter", help="comma-separated: text, stealthy, adapter"
     )
@@ -332,8 +361,6 @@ def main() -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--scale", type=float, default=10.0, help="fault.scale for adapters")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", help="output folder (default /tmp/fedsem-bench/poisoning-*)")
     args = parser.parse_args()
 
     from fedsem_app.config.sections import DataConfig
@@ -348,62 +375,20 @@ def main() -> None:
         print(f"text part: {NUM_CLIENTS} clients answer {len(test)} prompts", flush=True)
         rows = text_part(args, test)
         meta["text-seconds"] = time.perf_counter() - t0
-        write_results(folder, "poisoning_text", rows, meta)
-        print(
-            markdown(
-                rows,
-                [
-                    ("attack", "attack", ""),
-                    ("poisoned", "poisoned of 5", ""),
-                    ("rule", "rule", ""),
-                    ("picked-poisoned", "a poisoned text became the label", ".0%"),
-                    ("labelled", "prompts labelled", ".0%"),
-                    ("rouge-l", "ROUGE-L", ".3f"),
-                    ("embed-sim", "embed-sim", ".3f"),
-                ],
-            )
-        )
+        finish(folder, "poisoning_text", rows, meta, TEXT_COLUMNS)
     if "stealthy" in parts:
         t0 = time.perf_counter()
         print(f"stealthy part: 1 of 3 and 1 of 5 clients add a sentence, {len(test)} prompts")
         rows = stealthy_part(args, test)
         meta["stealthy-seconds"] = time.perf_counter() - t0
-        write_results(folder, "poisoning_stealthy", rows, meta)
-        print(
-            markdown(
-                rows,
-                [
-                    ("clients", "clients", ""),
-                    ("attack", "attack", ""),
-                    ("rule", "rule", ""),
-                    ("support", "sentence support", ""),
-                    ("attacker-picked", "attacker's answer chosen", ".0%"),
-                    ("payload-in-label", "payload in label", ".0%"),
-                    ("labelled", "prompts labelled", ".0%"),
-                    ("label-rouge-l", "label ROUGE-L", ".3f"),
-                    ("support-seconds", "support s", ".2f"),
-                ],
-            )
-        )
+        finish(folder, "poisoning_stealthy", rows, meta, STEALTHY_COLUMNS)
     if "adapter" in parts:
         t0 = time.perf_counter()
         test = test[:16]
         print(f"adapter part: {NUM_CLIENTS} SmolLM2 clients, NLL on {len(test)} prompts")
         rows = adapter_part(args, test)
         meta["adapter-seconds"] = time.perf_counter() - t0
-        write_results(folder, "poisoning_adapter", rows, meta)
-        print(
-            markdown(
-                rows,
-                [
-                    ("attack", "attack", ""),
-                    ("poisoned", "poisoned of 5", ""),
-                    ("rule", "aggregation.rule", ""),
-                    ("nll", "test NLL", ".3f"),
-                    ("distance", "distance to honest mean", ".3g"),
-                ],
-            )
-        )
+        finish(folder, "poisoning_adapter", rows, meta, ADAPTER_COLUMNS)
     print(f"results in {folder}")
 
 

@@ -21,7 +21,6 @@ Run from the project root::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,17 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench.common import human_bytes, machine, markdown, output_folder, write_results  # noqa: E402
+from bench.common import bench_parser, finish, human_bytes, machine, output_folder  # noqa: E402
 
 CODES = [("none", "-"), ("int8", "row"), ("int8", "tensor"), ("int4", "row"), ("int4", "tensor")]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measure and print the table; write JSON/CSV/Markdown to the output folder."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, "quantized-bytes")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
     from flwr.app import RecordDict
@@ -92,22 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         **machine(),
     }
     folder = output_folder("quantized-bytes", args.out)
-    write_results(folder, "quantized_bytes", rows, meta)
-    table = markdown(
-        rows,
-        [
-            ("code", "code", ""),
-            ("scales", "scales", ""),
-            ("payload-bytes", "payload (B)", ","),
-            ("record-bytes", "record, metered (B)", ","),
-            ("vs-float32", "float32 / this", ".2f"),
-            ("round", f"adapters / round ({args.clients} clients)", ""),
-            ("max-abs-error", "max abs error", ".2e"),
-        ],
-    )
-    (folder / "quantized_bytes.md").write_text(table + "\n")
+    columns = [
+        ("code", "code", ""),
+        ("scales", "scales", ""),
+        ("payload-bytes", "payload (B)", ","),
+        ("record-bytes", "record, metered (B)", ","),
+        ("vs-float32", "float32 / this", ".2f"),
+        ("round", f"adapters / round ({args.clients} clients)", ""),
+        ("max-abs-error", "max abs error", ".2e"),
+    ]
     print(f"{args.model}: {len(state)} tensors, {params:,} parameters")
-    print(table)
+    finish(folder, "quantized_bytes", rows, meta, columns, markdown_file=True)
     print(f"results in {folder}")
     return 0
 

@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine, markdown, output_folder, write_results  # noqa: E402
+from bench.common import bench_parser, finish, machine, output_folder  # noqa: E402
 
 # name -> fn(scores of one client over the public prompts) -> what the client sends
 QUANTISERS = {
@@ -88,34 +88,29 @@ def client_rows(args: argparse.Namespace, partitioner: str) -> list[dict]:
     ]
 
 
+COLUMNS = [
+    ("partitioner", "partitioner", ""),
+    ("scores", "scores", ""),
+    ("auc", "AUC (held vs not)", ".3f"),
+    ("top10-precision", "top-10 precision", ".2f"),
+    ("base-rate", "base rate", ".2f"),
+]
+
+
 def main() -> None:
     """Measure every partitioner and print one table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, "relevance-privacy", seed=42)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--partitioners", default="dirichlet,category,iid")
     parser.add_argument("--alpha", type=float, default=0.5, help="data.dirichlet-alpha")
     parser.add_argument("--embedder", default="all-MiniLM-L6-v2")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", help="output folder (default /tmp/fedsem-bench/relevance-*)")
     args = parser.parse_args()
 
     folder = output_folder("relevance-privacy", args.out)
     t0 = time.perf_counter()
     rows = [row for name in args.partitioners.split(",") for row in client_rows(args, name)]
     meta = {"machine": machine(), "args": vars(args), "seconds": time.perf_counter() - t0}
-    write_results(folder, "relevance_privacy", rows, meta)
-    print(
-        markdown(
-            rows,
-            [
-                ("partitioner", "partitioner", ""),
-                ("scores", "scores", ""),
-                ("auc", "AUC (held vs not)", ".3f"),
-                ("top10-precision", "top-10 precision", ".2f"),
-                ("base-rate", "base rate", ".2f"),
-            ],
-        )
-    )
+    finish(folder, "relevance_privacy", rows, meta, COLUMNS)
     print(f"results in {folder}")
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PeakRSS, machine, markdown, output_folder, write_results  # noqa: E402
+from bench.common import PeakRSS, bench_parser, finish, machine, output_folder  # noqa: E402
 
 
 def run_cell(strategy: str, k: int, args: argparse.Namespace) -> dict:
@@ -82,14 +82,24 @@ def run_cell(strategy: str, k: int, args: argparse.Namespace) -> dict:
     }
 
 
+COLUMNS = [
+    ("strategy", "strategy", ""),
+    ("clients", "K", "d"),
+    ("trained / round", "trained / round", ".1f"),
+    ("server-s / round", "server s / round", ".3f"),
+    ("peak-rss-mb", "peak RSS above start (MB)", ".0f"),
+    ("bytes / round", "bytes / round (incl. round 0)", ",.0f"),
+    ("wall-s", "wall s", ".0f"),
+]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every (strategy, K) cell and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, "scale")
     parser.add_argument("--clients", default="50,100")
     parser.add_argument("--strategies", default="fedsem,fedavg-lora")
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     rows = [
         run_cell(strategy, int(k), args)
@@ -97,21 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         for k in args.clients.split(",")
     ]
     folder = output_folder("scale", args.out)
-    write_results(folder, "scale", rows, {"fraction": args.fraction, **machine()})
-    table = markdown(
-        rows,
-        [
-            ("strategy", "strategy", ""),
-            ("clients", "K", "d"),
-            ("trained / round", "trained / round", ".1f"),
-            ("server-s / round", "server s / round", ".3f"),
-            ("peak-rss-mb", "peak RSS above start (MB)", ".0f"),
-            ("bytes / round", "bytes / round (incl. round 0)", ",.0f"),
-            ("wall-s", "wall s", ".0f"),
-        ],
-    )
-    (folder / "scale.md").write_text(table + "\n")
-    print(table)
+    meta = {"fraction": args.fraction, **machine()}
+    finish(folder, "scale", rows, meta, COLUMNS, markdown_file=True)
     print(f"results in {folder}")
     return 0
 

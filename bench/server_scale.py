@@ -34,7 +34,6 @@ Run from the project root, with the CPU to itself::
 
 from __future__ import annotations
 
-import argparse
 import gc
 import sys
 import time
@@ -45,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import PeakRSS, machine, markdown, output_folder, write_results  # noqa: E402
+from bench.common import PeakRSS, bench_parser, finish, machine, output_folder  # noqa: E402
 from fedsem_app import protocol as p  # noqa: E402
 from fedsem_app.clients.energy import EnergyMeter  # noqa: E402
 from fedsem_app.config.sections import FedSemConfig  # noqa: E402
@@ -116,7 +115,7 @@ def run_cell(k: int, num_prompts: int, cfg: FedSemConfig, embed: bool) -> dict:
         t0 = time.perf_counter()
         valid = [check_answers(r, ids, cfg.max_answer_chars)[0] for r in replies]
         t1 = time.perf_counter()
-        texts, mask, confidences = answer_grid(valid)
+        texts, mask, confidences, _ = answer_grid(valid)  # finished: all vote (the default)
         t2 = time.perf_counter()
         result, embed_s, consensus_s = vote_in_chunks(
             texts, mask, confidences, cfg, embed_fn=embed_grid if embed else random_embed
@@ -152,7 +151,7 @@ def run_cell(k: int, num_prompts: int, cfg: FedSemConfig, embed: bool) -> dict:
     return row
 
 
-def finish(row: dict, rate_ours: float, rate_raw: float) -> dict:
+def derive(row: dict, rate_ours: float, rate_raw: float) -> dict:
     """Derived columns; extrapolated cells get embed and raw encode from the rates."""
     if row["embedded"] == "extrapolated":
         row["embed-s"] = row["answers"] / rate_ours
@@ -183,13 +182,12 @@ COLUMNS = [
 
 def main(argv: list[str] | None = None) -> int:
     """Run the grid and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = bench_parser(__doc__, "server-scale")
     parser.add_argument("--clients", default="2,8,32,128")
     parser.add_argument("--prompts", default="64,512,4096")
     parser.add_argument(
         "--max-texts", type=int, default=4096, help="embed cells with at most this many answers"
     )
-    parser.add_argument("--out", help="output folder (default /tmp/fedsem-bench/...)")
     args = parser.parse_args(argv)
     folder = output_folder("server-scale", args.out)
     cfg = FedSemConfig()
@@ -210,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     largest = max(measured, key=lambda r: r["answers"])
     rate_ours = largest["answers"] / largest["embed-s"]
     rate_raw = largest["answers"] / largest["raw-encode-s"]
-    rows = [finish(r, rate_ours, rate_raw) for r in rows]
+    rows = [derive(r, rate_ours, rate_raw) for r in rows]
     rows.sort(key=lambda r: (r["clients"], r["prompts"]))
 
     meta = {
@@ -222,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
         "encode-rate-raw": rate_raw,
         "rates-from": f"K={largest['clients']} P={largest['prompts']}",
     }
-    write_results(folder, "server_scale", rows, meta)
     tokens = np.mean([r["tokens-per-answer"] for r in measured])
     print(
         f"Server scale, all-MiniLM-L6-v2 on CPU, medoid consensus; answers of "
@@ -230,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         f"encode from {rate_ours:.0f} / {rate_raw:.0f} answers/s measured at "
         f"{meta['rates-from']}.\n"
     )
-    print(markdown(rows, COLUMNS))
+    finish(folder, "server_scale", rows, meta, COLUMNS)
     print(f"\nwrote {folder}/server_scale.json, server_scale.csv")
     return 0
 

@@ -11,12 +11,16 @@ with :func:`fedsem_app.tools.study.write_study`.
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 from fedsem_app.tools.compare import DEFAULT_FEDERATION, default_app_dir, read_profile, run_strategy
 from fedsem_app.tools.comparison import load_run
 from fedsem_app.tools.study import write_study
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import bench_parser  # noqa: E402
 
 # Two architectures under one federation: each model is held against the same model trained
 # locally (``local-hetero``).
@@ -62,7 +66,7 @@ def baseline(label: str) -> str:
 
 def main() -> None:
     """Run the study's variants for every seed, then write its tables and plots."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     root = default_app_dir()
     parser.add_argument("--profile", type=Path, default=root / "conf" / "study.toml")
     parser.add_argument("--out", type=Path, default=Path.home() / ".fedsem" / "study")
