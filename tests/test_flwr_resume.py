@@ -28,7 +28,9 @@ FINISHED_LAYOUT = [
     "metrics.csv",
     "metrics.json",
     "pick_share.png",
+    "prompt_scores.jsonl",
     "quality.png",
+    "run-token",
     "summary.json",
 ]
 FEDERATION = ["--federation-config", "num-supernodes=3"]
