@@ -406,6 +406,17 @@ def plot_run(rows: list[Mapping[str, Any]], folder: Path) -> None:
         plt.close(fig)
 
 
+def _client_header(msg: Any) -> dict[str, Any]:
+    # Who a reply is from: node id, its federation-spec name (if any) and its model.
+    info = msg.content.get(p.INFO, {})
+    name = info.get(p.CLIENT_NAME, "")
+    return {
+        "node": msg.metadata.src_node_id,
+        **({"client": name} if name else {}),
+        "model": info.get(p.MODEL_NAME, ""),
+    }
+
+
 def client_rows(replies: Iterable[Any]) -> list[dict[str, Any]]:
     """Per-client rows of a phase from its replies: node id, model name and metrics.
 
@@ -413,14 +424,10 @@ def client_rows(replies: Iterable[Any]) -> list[dict[str, Any]]:
     """
     rows = []
     for msg in replies:
-        info = msg.content.get(p.INFO, {})
         metrics = dict(msg.content[p.METRICS])
-        name = info.get(p.CLIENT_NAME, "")
         rows.append(
             {
-                "node": msg.metadata.src_node_id,
-                **({"client": name} if name else {}),  # its federation-spec name
-                "model": info.get(p.MODEL_NAME, ""),
+                **_client_header(msg),
                 **{k: v for k, v in metrics.items() if not isinstance(v, list)},
                 **quality_intervals([metrics]),
             }
@@ -439,14 +446,10 @@ def prompt_score_rows(replies: Iterable[Any], ids: Sequence[int]) -> list[dict[s
     ids = [int(i) for i in ids]
     rows = []
     for msg in replies:
-        info = msg.content.get(p.INFO, {})
         metrics = dict(msg.content[p.METRICS])
-        name = info.get(p.CLIENT_NAME, "")
         rows.append(
             {
-                "node": msg.metadata.src_node_id,
-                **({"client": name} if name else {}),
-                "model": info.get(p.MODEL_NAME, ""),
+                **_client_header(msg),
                 "ids": ids,
                 **{
                     k: [float(x) for x in v]
