@@ -20,7 +20,7 @@ their order, so the result is the same for any order of the clients.
 
 With two clients the other answer must support every kept sentence. With one valid
 answer there is nobody to support anything and the label is kept as it is (the vote
-had nothing to compare either; use ``fedsem.min-agreement`` or fewer abstentions).
+had nothing to compare either).
 ``m`` colluding clients that add the same sentence support each other: it survives
 where ``m - 1 >= need``; with ``min_share = 0.5`` that takes half of the other
 answers, i.e. a colluding majority.
