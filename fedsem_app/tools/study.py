@@ -351,7 +351,7 @@ def paired_markdown(
             "|---|---|---|---|---|---|\n"
         )
         for r in paired:
-            seeds = ", ".join(f"s{s}: {d:+.3f}" for s, d in r["per-seed"].items())
+            seeds = _per_seed(r)
             text += (
                 f"| {r['label']} | {r['baseline']} | {r['seeds']} | {r['better']}/{r['seeds']} "
                 f"| {_pm(r['diff'], r['diff-std'])} | {seeds} |\n"
@@ -498,6 +498,10 @@ def paired_prompt_rows(
     return table
 
 
+def _per_seed(row: Mapping[str, Any]) -> str:
+    return ", ".join(f"s{s}: {d:+.3f}" for s, d in row["per-seed"].items())
+
+
 def _metric_order(metric: str) -> tuple[int, str]:
     known = list(GAIN_SIGN)
     return (known.index(metric), metric) if metric in known else (len(known), metric)
@@ -520,7 +524,7 @@ def paired_prompt_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         "| 95 % interval (prompts) | per seed |\n|---|---|---|---|---|---|---|---|\n"
     )
     for r in rows:
-        seeds = ", ".join(f"s{s}: {d:+.3f}" for s, d in r["per-seed"].items())
+        seeds = _per_seed(r)
         text += (
             f"| {r['label']} | {r['reference']} | {r['metric']} | {r['seeds']} "
             f"| {r['better']}/{r['seeds']} | {_signed(r['diff'], r['diff-std'])} "
