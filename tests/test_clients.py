@@ -568,3 +568,99 @@ def test_length_sorted_batches_return_answers_in_prompt_order(client):
     assert ordered.texts == plain.texts
     assert ordered.confidences == plain.confidences
     assert ordered.finished == plain.finished
+
+
+# -- generation with the adapter merged ---------------------------------------------------
+
+
+def _trained(client, steps=10):
+    client.train(PAIRS, TrainConfig(local_steps=steps, batch_size=2, learning_rate=3e-2), seed=0)
+    return client
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_merged_generation_gives_the_unmerged_answers(name, cache_dir):
+    # tiny-gpt2 stores its Conv1D weights transposed (fan_in_fan_out): the merge must too.
+    clear_client_cache()
+    client = _trained(load_client(name, LORA, cache_dir=cache_dir))
+    plain = client.answer(
+        PROMPTS, GenerationConfig(max_new_tokens=8, batch_size=3, merge_adapter=False)
+    )
+    merged = client.answer(
+        PROMPTS, GenerationConfig(max_new_tokens=8, batch_size=3, merge_adapter=True)
+    )
+    with client.model.disable_adapter():
+        base = client.answer(PROMPTS, GenerationConfig(max_new_tokens=8, batch_size=3))
+    assert base.texts != plain.texts  # the adapter changes answers: merging it is visible
+    assert merged.texts == plain.texts and merged.finished == plain.finished
+    np.testing.assert_allclose(merged.confidences, plain.confidences, atol=1e-4)
+    clear_client_cache()
+
+
+def test_merged_adapter_folds_w_plus_scaled_ba_and_restores_the_same_tensor(client):
+    from fedsem_app.clients.lora import merged_adapter
+
+    _trained(client)
+    layer = next(m for n, m in client.model.named_modules() if n.endswith("q_proj"))
+    weight = layer.get_base_layer().weight
+    storage = weight.data_ptr()
+    before = weight.detach().clone()
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    assert layer.scaling["default"] == 2.0  # alpha 8 / rank 4
+    with merged_adapter(client.model) as merged:
+        assert merged is True
+        torch.testing.assert_close(weight.data, before + 2.0 * b @ a)
+        # The adapter path is off inside: the layer is the merged base layer alone.
+        x = torch.randn(2, weight.shape[1])
+        torch.testing.assert_close(layer(x), x @ (before + 2.0 * b @ a).T)
+    assert weight.data_ptr() == storage and torch.equal(weight.data, before)  # the same memory
+
+
+def test_merged_adapter_restores_weights_after_an_error(client):
+    from fedsem_app.clients.lora import merged_adapter
+
+    _trained(client)
+    before = {n: p.detach().clone() for n, p in client.model.named_parameters()}
+    with pytest.raises(RuntimeError, match="boom"), merged_adapter(client.model):
+        raise RuntimeError("boom")
+    assert all(torch.equal(p, before[n]) for n, p in client.model.named_parameters())
+    assert not client.model.base_model.model.model.layers[0].self_attn.q_proj.disable_adapters
+
+
+def test_training_after_merged_generation_gives_the_same_adapter(cache_dir):
+    # Two identical clients; one answers with the adapter merged between two trainings.
+    # Restoring W exactly (not as (W + delta) - delta) makes the adapters bit-identical.
+    settings = TrainConfig(local_steps=3, batch_size=2, learning_rate=1e-2)
+    adapters = []
+    for merge in (False, True):
+        clear_client_cache()
+        client = load_client("tiny-llama", LORA, cache_dir=cache_dir)
+        client.train(PAIRS, settings, seed=0)
+        client.answer(PROMPTS, GenerationConfig(max_new_tokens=8, merge_adapter=merge))
+        client.train(PAIRS, settings, seed=1)
+        adapters.append(client.adapter_state())
+    plain, merged = adapters
+    assert plain.keys() == merged.keys()
+    assert all(np.array_equal(plain[k], merged[k]) for k in plain)
+    clear_client_cache()
+
+
+@pytest.mark.parametrize("kind", ["dora", "bfloat16"])
+def test_merged_adapter_leaves_dora_and_half_precision_unmerged(kind, cache_dir):
+    # DoRA rescales W + delta by a norm, so "W + delta" would be wrong; in bf16 a small
+    # delta mostly rounds away when added to W. Both run with the adapter path instead.
+    import peft
+
+    from fedsem_app.clients.lora import merged_adapter
+    from fedsem_app.clients.registry import load_base_model
+
+    base, _, _ = load_base_model("tiny-llama", cache_dir, "cpu")
+    if kind == "bfloat16":
+        base = base.to(torch.bfloat16)
+    model = peft.get_peft_model(
+        base, peft.LoraConfig(r=4, target_modules=["q_proj"], use_dora=kind == "dora")
+    )
+    weight = next(m for n, m in model.named_modules() if n.endswith("q_proj")).get_base_layer()
+    storage = weight.weight.data_ptr()
+    with merged_adapter(model) as merged:
+        assert merged is False and weight.weight.data_ptr() == storage

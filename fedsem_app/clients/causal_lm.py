@@ -36,7 +36,7 @@ from fedsem_app.clients.generation import (
     answer_confidence,
     answer_length,
 )
-from fedsem_app.clients.lora import adapted_module_kinds, make_peft_config
+from fedsem_app.clients.lora import adapted_module_kinds, make_peft_config, merged_adapter
 from fedsem_app.clients.templates import format_prompt
 from fedsem_app.config.sections import GenerationConfig, LoraConfig, TrainConfig
 from fedsem_app.console import quiet_loading
@@ -347,6 +347,8 @@ class CausalLMClient:
         time. The confidence of an answer is the mean log-probability of its tokens up
         to and including EOS (an empty answer: that of its EOS): finite and ``<= 0``.
         An answer is finished when the model generated EOS before ``max_new_tokens``.
+        With ``settings.merge_adapter`` the adapter is folded into the weights for the
+        call (:func:`~fedsem_app.clients.lora.merged_adapter`) and restored after it.
 
         Returns
         -------
@@ -370,7 +372,8 @@ class CausalLMClient:
         confidences: list[float] = []
         finished: list[bool] = []
         self.model.eval()
-        with torch.inference_mode(), self._autocast():
+        merged = merged_adapter(self.model) if settings.merge_adapter else contextlib.nullcontext()
+        with torch.inference_mode(), self._autocast(), merged:
             for start in range(0, len(prompts), settings.batch_size):
                 prompt_ids = [all_ids[i] for i in order[start : start + settings.batch_size]]
                 encoded = [

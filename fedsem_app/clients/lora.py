@@ -6,7 +6,12 @@ initial adapter).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import peft
+import torch
+from peft.tuners.lora import LoraLayer
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 from fedsem_app.config.sections import LoraConfig
@@ -72,3 +77,58 @@ def make_peft_config(lora: LoraConfig, architecture: str) -> peft.LoraConfig:
 def adapted_module_kinds(model: peft.PeftModel) -> list[str]:
     """Sorted last name parts of the modules LoRA adapted (``q_proj``, ``c_attn``, ...)."""
     return sorted({name.rsplit(".", 1)[-1] for name in model.targeted_module_names})
+
+
+def _mergeable(layer: LoraLayer) -> bool:
+    # A plain float32/64 weight and plain LoRA (no DoRA): W + delta is then the layer.
+    # In bf16/fp16 a small delta would mostly round away when added to W.
+    weight = getattr(layer.get_base_layer(), "weight", None)
+    return (
+        type(weight) is torch.nn.Parameter
+        and weight.dtype in (torch.float32, torch.float64)
+        and not any(layer.use_dora.get(name, False) for name in layer.active_adapters)
+    )
+
+
+@contextlib.contextmanager
+def merged_adapter(model: peft.PeftModel) -> Iterator[bool]:
+    """Fold the active LoRA adapter into the base weights for the duration of the block.
+
+    Inside, each adapted layer computes ``x @ (W + delta)`` in one product instead of
+    ``x @ W + s (x @ A) @ B`` (fewer, larger matrix products: faster decoding). On exit
+    every base weight is the very tensor it was before, so training after the block is
+    exactly as without it. peft's own ``merge_adapter``/``unmerge_adapter`` restore
+    ``W`` as ``(W + delta) - delta``, which rounds and drifts over rounds; here the
+    original tensor is kept and put back.
+
+    Yields
+    ------
+    bool
+        Whether the adapter was merged: ``False`` (the block runs unmerged) when a
+        layer cannot be merged this way (a quantized or half-precision base weight,
+        DoRA), the adapter is disabled or nothing is adapted.
+
+    """
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    # Under peft's disable_adapter the caller wants the base model: nothing to fold.
+    if not layers or any(m.disable_adapters for m in layers) or not all(map(_mergeable, layers)):
+        yield False
+        return
+    originals: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                weight = layer.get_base_layer().weight
+                delta = sum(
+                    layer.get_delta_weight(name)
+                    for name in layer.active_adapters
+                    if name in layer.lora_A
+                )
+                originals.append((weight, weight.data))
+                weight.data = weight.data + delta  # a new tensor; the original is kept
+        # With the adapter disabled peft calls the base layer alone, i.e. W + delta.
+        with model.disable_adapter():
+            yield True
+    finally:
+        for weight, original in originals:
+            weight.data = original

@@ -102,6 +102,9 @@ class GenerationConfig:
     # Batch prompts of similar token length together (less left padding per batch);
     # answers come back in prompt order either way.
     sort_by_length: bool = False
+    # Fold the LoRA adapter into the weights while generating (one product per layer
+    # instead of three); the weights are restored bit for bit before training.
+    merge_adapter: bool = True
 
     def __post_init__(self) -> None:
         check(self.max_new_tokens > 0, "gen.max-new-tokens", "must be a positive integer")
