@@ -63,6 +63,11 @@ def run_folders(paths: list[str]) -> list[Path]:
     return sorted(folders, key=lambda f: strategy_of(f) != "fedsem")
 
 
+def training_rows(folder: Path) -> list[dict]:
+    """The run's metrics rows of training rounds (round 0 only evaluates the start)."""
+    return [r for r in json.loads((folder / "metrics.json").read_text()) if r["round"] >= 1]
+
+
 def strategy_of(folder: Path) -> str:
     """The run's strategy from its resolved config."""
     config = json.loads((folder / "config.json").read_text())
@@ -71,7 +76,7 @@ def strategy_of(folder: Path) -> str:
 
 def bytes_rows(folder: Path) -> dict:
     """Mean and last-round bytes by direction and kind, and the run total."""
-    rows = json.loads((folder / "metrics.json").read_text())
+    rows = training_rows(folder)
     out: dict = {"strategy": strategy_of(folder), "rounds": len(rows)}
     for d, k in KINDS:
         values = [r.get(f"bytes-{d}-{k}", 0) for r in rows]
@@ -102,7 +107,7 @@ def answer_token_rows(folder: Path) -> dict | None:
     samples = read_jsonl(folder / "consensus_samples.jsonl")
     if not samples:
         return None
-    rows = json.loads((folder / "metrics.json").read_text())
+    rows = training_rows(folder)
     train = [c for c in read_jsonl(folder / "clients.jsonl") if c["phase"] == "train"]
     config = json.loads((folder / "config.json").read_text())
     prompts = int(config.get("fedsem.prompts-per-round", 0))
@@ -135,7 +140,7 @@ def answer_token_rows(folder: Path) -> dict | None:
 
 def time_rows(folder: Path) -> list[dict]:
     """Per-round wall time split into client train / generate / evaluate, server, rest."""
-    rows = json.loads((folder / "metrics.json").read_text())
+    rows = training_rows(folder)
     clients = read_jsonl(folder / "clients.jsonl")
     by_round: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for c in clients:
