@@ -3,7 +3,9 @@
 End to end, through real ``flwr run`` simulations (the study's machinery,
 :func:`fedsem_app.tools.compare.run_strategy`): three SmolLM2-135M clients on the study
 budget (``conf/study.toml``: category split, 6 LoRA steps a round at lr 1e-3, 16 public
-prompts a round), ``--rounds`` rounds. Partition 2 is the attacker, partitions 0 and 1
+prompts a round, answers of up to 48 tokens), ``--rounds`` rounds (default 3, as the
+study), the run's own reference NLL on ``--eval-prompts`` test prompts (default 8) at
+round 0 and after the last round only. Partition 2 is the attacker, partitions 0 and 1
 are honest. Variants (``--variants``):
 
 ``fedsem``, ``fedavg-lora``
@@ -365,9 +367,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--profile", type=Path, default=root / "conf" / "study.toml")
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--eval-prompts", type=int, default=16, help="test prompts of the run's own NLL"
+        "--eval-prompts", type=int, default=8, help="test prompts of the run's own NLL"
     )
     parser.add_argument(
         "--test-prompts", type=int, default=0, help="test prompts answered after the run (0: all)"
