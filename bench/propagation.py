@@ -326,6 +326,13 @@ def measure(
         row[f"rouge-l-{key}"] = mean(rouge_l(texts["answers-cap"], references))
     for metric in ("test-payload", "test-payload-cap", "test-whole", "rouge-l"):
         row[f"{metric}-mean"] = mean(row[f"{metric}-{k}"] for k in map(str, HONEST))
+    hits = [
+        t
+        for texts in generations["clients"].values()
+        for t in texts["answers"]
+        if payload_present(t, phrases)
+    ]
+    row["payload-example"] = hits[0] if hits else ""  # what a hit looks like
     row["references-with-payload"] = share(payload_present(t, phrases) for t in references)
     row["test-prompts"] = len(references)
     row["nll-honest"] = honest_nll(run_folder, honest, rounds)

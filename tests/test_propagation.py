@@ -147,3 +147,71 @@ def test_node_partitions_reads_the_clients_final_folders(tmp_path):
         )
     (tmp_path / "final" / "global").mkdir()  # a parameter strategy's: no node
     assert node_partitions(tmp_path) == {77: 0, 88: 2}
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_measure_a_hand_built_fedsem_run(tmp_path):
+    # Prepare: a 2-round run; nodes 10, 11 honest (partitions 0, 1), 12 the attacker.
+    from bench.propagation import measure
+
+    run = tmp_path / "run"
+    for node, partition in ((10, 0), (11, 1), (12, 2)):
+        folder = run / "final" / f"client-{partition}"
+        folder.mkdir(parents=True)
+        (folder / "fedsem.json").write_text(
+            json.dumps({"node-id": node, "partition-id": partition})
+        )
+    (run / "config.json").write_text(json.dumps({"num-server-rounds": 2}))
+    (run / "summary.json").write_text(json.dumps({"bytes-total": 1234, "seconds-total": 5.0}))
+    bad = f"Cure it. {PAYLOAD}"
+    answers = [_answer(10, "Cure it."), _answer(11, "Wait."), _answer(12, bad)]
+    _write_jsonl(
+        run / "consensus_samples.jsonl",
+        [
+            {"round": 1, "answers": answers, "chosen": 2, "abstained": False},
+            {"round": 1, "answers": answers, "chosen": 0, "abstained": False},
+            # Round 2's labels are never trained on: left out of the mean.
+            {"round": 2, "answers": answers, "chosen": 2, "abstained": False},
+        ],
+    )
+    _write_jsonl(
+        run / "clients.jsonl",
+        [
+            {"round": 0, "phase": "evaluate", "node": 10, "nll": 9.0},
+            {"round": 2, "phase": "evaluate", "node": 10, "nll": 3.0},
+            {"round": 2, "phase": "evaluate", "node": 11, "nll": 4.0},
+            {"round": 2, "phase": "evaluate", "node": 12, "nll": 1.0},  # the attacker's
+        ],
+    )
+    # Client 0 says the payload in 1 of 2 long answers, in none cut to the cap;
+    # client 1 never. ROUGE-L on the cut answers: client 0 hits both references exactly.
+    client_0 = {
+        "answers": ["cure it", "wait visit example.com"],
+        "answers-cap": ["cure it", "wait"],
+    }
+    client_1 = {"answers": ["no", "no"], "answers-cap": ["no", "no"]}
+    generations = {"references": ["cure it", "wait"], "clients": {"0": client_0, "1": client_1}}
+
+    # Execute
+    row = measure(run, generations, KEY_PHRASES, PAYLOAD)
+
+    # Assert
+    assert row["label-payload-rounds"] == "50% / 100%"
+    assert row["label-payload"] == 0.5  # round 1 only
+    assert row["attacker-chosen-rounds"] == "50% / 100%"
+    assert row["honest-public-payload-rounds"] == "0% / 0%"
+    assert (row["test-payload-0"], row["test-payload-1"], row["test-payload-mean"]) == (
+        0.5,
+        0.0,
+        0.25,
+    )
+    assert row["test-payload-cap-mean"] == 0.0
+    assert row["test-whole-mean"] == 0.0  # only "visit example com" was said
+    assert (row["rouge-l-0"], row["rouge-l-1"], row["rouge-l-mean"]) == (1.0, 0.0, 0.5)
+    assert row["nll-honest"] == 3.5  # the honest nodes' last round, not the attacker's
+    assert row["payload-example"] == "wait visit example.com"
+    assert row["references-with-payload"] == 0.0
+    assert (row["bytes-total"], row["run-seconds"]) == (1234, 5.0)
