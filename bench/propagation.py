@@ -247,7 +247,7 @@ def cut_tokens(text: str, tokenizer, n: int) -> str:
 
 
 def generate_honest(
-    run_folder: Path, max_new_tokens: int, cap: int, test_prompts: int
+    run_folder: Path, max_new_tokens: int, cap: int, test_prompts: int, num_threads: int = 0
 ) -> dict[str, Any]:
     """The honest clients' final models answer the run's held-out test prompts.
 
@@ -266,7 +266,7 @@ def generate_honest(
     from fedsem_app.tools.chat import load_adapter
 
     t0 = time.perf_counter()
-    set_num_threads(0)
+    set_num_threads(num_threads)
     # config.json also holds what the server adds (Flower's run id): the app's keys only.
     config = json.loads((run_folder / "config.json").read_text())
     cfg = load_app_config({k: v for k, v in config.items() if k in known_keys()})
@@ -383,6 +383,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument(
+        "--num-threads",
+        type=int,
+        default=0,
+        help="torch threads of every client and of the measurement (train.num-threads; 0: auto)",
+    )
+    parser.add_argument(
         "--phrases", default=",".join(KEY_PHRASES), help="the payload's key phrases (comma list)"
     )
     parser.add_argument(
@@ -395,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = output_folder("propagation", args.out and str(Path(args.out).expanduser())).resolve()
     shared, compare = read_profile(args.profile)
     shared = {**shared, **budget(args.rounds, args.eval_prompts)}
+    if args.num_threads:
+        shared["train.num-threads"] = args.num_threads
     payload = str(shared.get("fault.text", FaultConfig().text))
     phrases = [p.strip() for p in args.phrases.split(",") if p.strip()]
     cap = int(shared.get("gen.max-new-tokens", 48))
@@ -423,7 +431,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             measured = out / "measured" / f"{name}.json"
             if not measured.is_file():
                 print(f"== {name}: honest clients answer the test prompts", flush=True)
-                generations = generate_honest(folder, args.max_new_tokens, cap, args.test_prompts)
+                generations = generate_honest(
+                    folder, args.max_new_tokens, cap, args.test_prompts, args.num_threads
+                )
                 measured.parent.mkdir(parents=True, exist_ok=True)
                 measured.write_text(json.dumps(generations, indent=1) + "\n")
             generations = json.loads(measured.read_text())
