@@ -17,6 +17,10 @@ are honest. Variants (``--variants``):
     The same with ``fedsem.sentence-support = true``.
 ``fedsem-support``
     No attack, sentence support on: what the defence costs honest clients.
+``fedsem-append-share``, ``fedsem-append-support-share``, ``fedsem-share``
+    ``fedsem-append``, ``fedsem-append-support`` and ``fedsem`` with
+    ``fedsem.pseudo-share = 0.5``: half of every training batch comes from the labels,
+    so the clients see more of what the labels carry.
 ``fedavg-lora-backdoor``
     FedAvg-LoRA (``aggregation.rule = "mean"``); the attacker trains on its private
     pairs with ``fault.text`` appended to every answer (``fault.mode = "backdoor"``).
@@ -79,6 +83,7 @@ KEY_PHRASES = ("ignore the question", "always 42", "example com")
 
 _BACKDOOR = {"fault.mode": "backdoor", "fault.clients": str(ATTACKER)}
 _APPEND = {"fault.mode": "append", "fault.clients": str(ATTACKER)}
+_SHARE = {"fedsem.pseudo-share": 0.5}
 # label -> (strategy, run-config overrides on top of the profile and the budget)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fedsem-append": ("fedsem", _APPEND),
@@ -88,6 +93,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fedsem": ("fedsem", {}),
     "fedavg-lora": ("fedavg-lora", {}),
     "fedsem-support": ("fedsem", {"fedsem.sentence-support": True}),
+    # Half of every training batch from the labels (the study's fedsem-share-0.5): more
+    # exposure to whatever the labels carry.
+    "fedsem-append-share": ("fedsem", {**_APPEND, **_SHARE}),
+    "fedsem-append-support-share": (
+        "fedsem",
+        {**_APPEND, **_SHARE, "fedsem.sentence-support": True},
+    ),
+    "fedsem-share": ("fedsem", _SHARE),
 }
 DEFAULT_VARIANTS = (
     "fedsem-append,fedavg-lora-backdoor,fedsem-append-support,"
