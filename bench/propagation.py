@@ -52,11 +52,15 @@ The whole payload is counted too (:func:`payload_whole`).
 
 Runs go to ``<out>/runs/<variant>-s<seed>``; a run that already finished is not run
 again and a measured one is not measured again (``<out>/measured/``), so an
-interrupted benchmark resumes. One run takes about 6-8 minutes on 2 CPU cores.
+interrupted benchmark resumes. One run takes about 4-6 minutes on 2 CPU cores. A longer
+budget (``--rounds``, ``--local-steps``) goes to its own ``--out`` folder.
 
 Run from the project root, one run after the other, with the CPU to itself::
 
-    python -m bench.propagation --seeds 1 --out ~/.fedsem/propagation
+    python -m bench.propagation --seeds 1 --num-threads 1 --out ~/.fedsem/propagation
+    python -m bench.propagation --seeds 1 --num-threads 1 --rounds 4 --local-steps 12 \
+        --variants fedavg-lora-backdoor,fedsem-append-share,fedsem-append-support-share \
+        --out ~/.fedsem/propagation-4x12
     python -m bench.propagation --seeds 1 --out ~/.fedsem/propagation --report-only
 """
 
@@ -389,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--local-steps", type=int, default=0, help="train.local-steps (0: the profile's)"
+    )
+    parser.add_argument(
         "--eval-prompts", type=int, default=8, help="test prompts of the run's own NLL"
     )
     parser.add_argument(
@@ -416,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     shared = {**shared, **budget(args.rounds, args.eval_prompts)}
     if args.num_threads:
         shared["train.num-threads"] = args.num_threads
+    if args.local_steps:
+        shared["train.local-steps"] = args.local_steps
     payload = str(shared.get("fault.text", FaultConfig().text))
     phrases = [p.strip() for p in args.phrases.split(",") if p.strip()]
     cap = int(shared.get("gen.max-new-tokens", 48))
