@@ -26,6 +26,13 @@ are honest. Variants (``--variants``):
     pairs with ``fault.text`` appended to every answer (``fault.mode = "backdoor"``).
 ``fedavg-lora-backdoor-median``
     The same with ``aggregation.rule = "median"``.
+``local-backdoor``
+    Every client trains alone, the attacker on its poisoned pairs: whether the
+    backdoor client's own model learns the payload at this budget at all.
+
+Where the attacker keeps its own adapter (FedSem, ``local``), its own model answers
+the test prompts too (column "attacker's own model"); under ``append`` that model is
+trained like an honest one, the payload being added to its replies afterwards.
 
 After each run the honest clients' final adapters (``final/client-<N>``; FedAvg-LoRA
 leaves one global adapter, which every client holds after the last round) answer the
@@ -105,6 +112,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         {**_APPEND, **_SHARE, "fedsem.sentence-support": True},
     ),
     "fedsem-share": ("fedsem", _SHARE),
+    # No federation: does the backdoor client's own model learn the payload at all?
+    "local-backdoor": ("local", _BACKDOOR),
 }
 DEFAULT_VARIANTS = (
     "fedsem-append,fedavg-lora-backdoor,fedsem-append-support,"
@@ -271,7 +280,8 @@ def generate_honest(
     Returns
     -------
     dict
-        ``prompts``, ``references`` and per honest partition (as a string key) its
+        ``prompts``, ``references`` and per honest partition (as a string key; the
+        attacker's too where it keeps its own adapter) its
         ``answers`` (``max_new_tokens``), ``answers-cap`` (the same cut to ``cap``
         tokens) and ``adapter`` (the folder used), plus ``seconds``.
     """
@@ -293,7 +303,9 @@ def generate_honest(
     final = run_folder / FINAL_DIR
     out: dict[str, Any] = {"prompts": prompts, "references": references, "clients": {}}
     done: dict[Path, dict[str, Any]] = {}  # one global adapter answers once
-    for k in HONEST:
+    # The attacker's own model too where it has one (fedsem, local): did it learn the payload?
+    own = (final / client_folder_name(ATTACKER)).is_dir()
+    for k in HONEST + ((ATTACKER,) if own else ()):
         folder = final / GLOBAL_NAME
         if not folder.is_dir():
             folder = final / client_folder_name(k)
@@ -345,7 +357,8 @@ def measure(
         row[f"{metric}-mean"] = mean(row[f"{metric}-{k}"] for k in map(str, HONEST))
     hits = [
         t
-        for texts in generations["clients"].values()
+        for key, texts in generations["clients"].items()
+        if int(key) in HONEST
         for t in texts["answers"]
         if payload_present(t, phrases)
     ]
@@ -369,6 +382,7 @@ COLUMNS = [
     ("test-payload-mean", "test: mean", ".0%"),
     ("test-payload-cap-mean", "test, 48 tokens: mean", ".0%"),
     ("test-whole-mean", "test: whole payload", ".0%"),
+    ("test-payload-2", "test: attacker's own model", ".0%"),
     ("rouge-l-mean", "honest ROUGE-L", ".3f"),
     ("nll-honest", "honest NLL", ".3f"),
     ("bytes-total", "bytes", ".3g"),

@@ -193,7 +193,10 @@ def test_measure_a_hand_built_fedsem_run(tmp_path):
         "answers-cap": ["cure it", "wait"],
     }
     client_1 = {"answers": ["no", "no"], "answers-cap": ["no", "no"]}
-    generations = {"references": ["cure it", "wait"], "clients": {"0": client_0, "1": client_1}}
+    # The attacker's own model (partition 2) is reported, never counted as honest.
+    attacker = {"answers": ["always 42", "always 42"], "answers-cap": ["always 42", "x"]}
+    clients = {"2": attacker, "0": client_0, "1": client_1}
+    generations = {"references": ["cure it", "wait"], "clients": clients}
 
     # Execute
     row = measure(run, generations, KEY_PHRASES, PAYLOAD)
@@ -212,6 +215,7 @@ def test_measure_a_hand_built_fedsem_run(tmp_path):
     assert row["test-whole-mean"] == 0.0  # only "visit example com" was said
     assert (row["rouge-l-0"], row["rouge-l-1"], row["rouge-l-mean"]) == (1.0, 0.0, 0.5)
     assert row["nll-honest"] == 3.5  # the honest nodes' last round, not the attacker's
-    assert row["payload-example"] == "wait visit example.com"
+    assert row["payload-example"] == "wait visit example.com"  # an honest client's
+    assert row["test-payload-2"] == 1.0
     assert row["references-with-payload"] == 0.0
     assert (row["bytes-total"], row["run-seconds"]) == (1234, 5.0)
