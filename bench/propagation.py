@@ -62,13 +62,16 @@ again and a measured one is not measured again (``<out>/measured/``), so an
 interrupted benchmark resumes. One run takes about 4-6 minutes on 2 CPU cores. A longer
 budget (``--rounds``, ``--local-steps``) goes to its own ``--out`` folder.
 
-Run from the project root, one run after the other, with the CPU to itself::
+Run from the project root, one run after the other (``--num-threads 1`` where other jobs
+share the cores: two 2-thread processes on 2 cores ran several times slower)::
 
     python -m bench.propagation --seeds 1 --num-threads 1 --out ~/.fedsem/propagation
-    python -m bench.propagation --seeds 1 --num-threads 1 --rounds 4 --local-steps 12 \
-        --variants fedavg-lora-backdoor,fedsem-append-share,fedsem-append-support-share \
-        --out ~/.fedsem/propagation-4x12
+    python -m bench.propagation --seeds 1 --num-threads 1 --rounds 4 --local-steps 12
+        --variants fedavg-lora-backdoor,local-backdoor,fedsem-append-share,
+                   fedsem-append-support-share --out ~/.fedsem/propagation-4x12
     python -m bench.propagation --seeds 1 --out ~/.fedsem/propagation --report-only
+
+(the second command is one line, the variants one comma list).
 """
 
 from __future__ import annotations
