@@ -168,8 +168,10 @@ def swapped_base(client, model: torch.nn.Module) -> Iterator[None]:
         wrapper.model = original
 
 
-def variant_runner(name: str, client, merged_adapter) -> Callable[[Callable], object]:
+def variant_runner(name: str, client) -> Callable[[Callable], object]:
     """A function that runs a generation call under variant ``name``'s settings."""
+    from fedsem_app.clients.lora import merged_adapter
+
     state: dict[str, object] = {}
 
     def run(call: Callable):
@@ -222,7 +224,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from fedsem_app.clients import load_client, set_num_threads
     from fedsem_app.clients.evaluation import rouge_l
-    from fedsem_app.clients.lora import merged_adapter
     from fedsem_app.config.sections import GenerationConfig, LoraConfig, ModelConfig
 
     all_threads = set_num_threads(0)
@@ -242,12 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     bw = bandwidth()
     rows = zaragoza_construction_faq.load(lang="en")[: args.prompts]
     prompts, references = [r["q"] for r in rows], [r["a"] for r in rows]
-    settings = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    # Unmerged here: each variant decides itself whether the adapter is folded in.
+    settings = GenerationConfig(
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, merge_adapter=False
+    )
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    runners = {name: variant_runner(name, client, merged_adapter) for name in names}
+    runners = {name: variant_runner(name, client) for name in names}
     seconds: dict[str, list[float]] = {name: [] for name in names}
     answers = {}
     for _ in range(args.repeats):
