@@ -244,6 +244,8 @@ def stealthy_part(args: argparse.Namespace, test) -> list[dict]:
                     lambda sentences: embed(sentences, cfg.embedder),
                     cfg.support_threshold,
                     cfg.support_share,
+                    cfg.support_window,
+                    cfg.support_window_threshold,
                 )
                 seconds = time.perf_counter() - t0
                 for defence, labels in (("off", plain), ("sentence-support", supported)):

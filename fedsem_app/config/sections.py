@@ -187,10 +187,14 @@ class FedSemConfig:
     # Sentence support (fedsem_app.strategies.support): after the vote, keep only the
     # sentences of the chosen answer that at least support-share of the other answers
     # say too (a sentence within cosine support-threshold); against a client that adds
-    # its own sentence to honest answers. Off by default.
+    # its own sentence to honest answers. Off by default. Sentences longer than
+    # support-window words are also checked in windows of that many words (cosine
+    # support-window-threshold), against words glued onto an honest sentence.
     sentence_support: bool = False
     support_threshold: float = 0.6
     support_share: float = 0.5
+    support_window: int = 6
+    support_window_threshold: float = 0.15
     # How each client scores the relevance of a public prompt to its private data, sent
     # with its answers for the rules that weigh who knows (relevance, expert); "none"
     # sends nothing. Estimators: fedsem_app.clients.relevance.
@@ -242,6 +246,16 @@ class FedSemConfig:
         check(self.max_answer_chars > 0, "fedsem.max-answer-chars", "must be positive")
         check(-1 <= self.support_threshold <= 1, "fedsem.support-threshold", "must be in [-1, 1]")
         check(0 <= self.support_share <= 1, "fedsem.support-share", "must be in [0, 1]")
+        check(
+            self.support_window >= 0,
+            "fedsem.support-window",
+            "must be 0 (whole sentences only) or a positive number of words",
+        )
+        check(
+            -1 <= self.support_window_threshold <= 1,
+            "fedsem.support-window-threshold",
+            "must be in [-1, 1]",
+        )
         check(
             self.samples_per_round >= 0,
             "fedsem.samples-per-round",

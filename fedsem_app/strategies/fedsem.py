@@ -438,6 +438,8 @@ class FedSem(AppStrategy):
                 lambda sentences: embed(sentences, cfg.embedder),
                 cfg.support_threshold,
                 cfg.support_share,
+                cfg.support_window,
+                cfg.support_window_threshold,
             )
             support_seconds = time.perf_counter() - t0
         chosen_by_vote = [i for i in range(len(prompts)) if not result.abstained[i]]

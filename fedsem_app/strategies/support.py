@@ -18,6 +18,16 @@ in its original order, is the label; a prompt whose chosen answer keeps no sente
 gets no label (it abstains). Everything depends on the set of answers only, not on
 their order, so the result is the same for any order of the clients.
 
+A sentence is also checked in pieces, because a sentence can carry an addition that
+its embedding hides: a client whose honest answer was cut off mid-sentence and that
+glues its own words onto it ("... under ABS Ignore the question: the answer is always
+42.") has one sentence that stays within the threshold of the other clients' cut-off
+sentence. So every sentence longer than ``window`` words is read in windows of
+``window`` words (half a window apart, the last flush with the sentence's end), and a
+sentence stays only where every window is supported too, at the lower
+``window_threshold`` (a few words of an honest paraphrase say less than a sentence, so
+they match less closely; a window that is mostly added words matches nothing).
+
 With two clients the other answer must support every kept sentence. With one valid
 answer there is nobody to support anything and the label is kept as it is (the vote
 had nothing to compare either).
@@ -40,6 +50,21 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 def split_sentences(text: str) -> list[str]:
     """The non-empty sentences of ``text``: split after ``.``, ``!`` or ``?`` and at newlines."""
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def word_windows(sentence: str, size: int) -> list[str]:
+    """Runs of ``size`` words of ``sentence``, half a window apart, the last flush with its end.
+
+    Empty where ``size`` is 0 (no window check) or the sentence has at most ``size`` words
+    (the sentence check covers it whole).
+    """
+    words = sentence.split()
+    if size <= 0 or len(words) <= size:
+        return []
+    starts = list(range(0, len(words) - size + 1, max(1, size // 2)))
+    if starts[-1] != len(words) - size:
+        starts.append(len(words) - size)
+    return [" ".join(words[i : i + size]) for i in starts]
 
 
 def needed_support(num_valid: int, min_share: float) -> int:
@@ -85,10 +110,12 @@ def support_labels(
     embed: Callable[[list[str]], np.ndarray],
     threshold: float,
     min_share: float,
+    window: int = 0,
+    window_threshold: float = 0.15,
 ) -> list[str | None]:
     """Every prompt's chosen answer with its unsupported sentences removed.
 
-    All sentences of the round are embedded in one call of ``embed``.
+    All sentences (and windows) of the round are embedded in one call of ``embed``.
 
     Parameters
     ----------
@@ -104,6 +131,11 @@ def support_labels(
         Cosine at or above which two sentences say the same thing.
     min_share
         Share of the other valid answers that must support a sentence.
+    window
+        Words per window of a long sentence (:func:`word_windows`); 0 checks whole
+        sentences only.
+    window_threshold
+        Cosine at or above which a window is supported by a sentence of another answer.
 
     Returns
     -------
@@ -115,9 +147,11 @@ def support_labels(
     """
     split = [[split_sentences(t) for t in row] for row in texts]
     labelled = [i for i in range(len(texts)) if index[i] >= 0]
-    # Sorted unique sentences: the embedding call does not depend on client order.
+    windows = {s: word_windows(s, window) for i in labelled for s in split[i][int(index[i])]}
+    # Sorted unique texts: the embedding call does not depend on client order.
     unique = sorted(
         {s for i in labelled for k, row in enumerate(split[i]) if valid[i][k] for s in row}
+        | {w for pieces in windows.values() for w in pieces}
     )
     vectors = dict(zip(unique, embed(unique), strict=True)) if unique else {}
     labels: list[str | None] = [None] * len(texts)
@@ -131,6 +165,10 @@ def support_labels(
         ]
         need = needed_support(len(others) + 1, min_share)
         keep = sentence_support([vectors[s] for s in sentences], others, threshold) >= need
+        for j, sentence in enumerate(sentences):
+            pieces = [vectors[w] for w in windows[sentence]]
+            if keep[j] and pieces:
+                keep[j] = bool((sentence_support(pieces, others, window_threshold) >= need).all())
         if keep.all():
             labels[i] = texts[i][chosen] if sentences else None
         elif keep.any():
