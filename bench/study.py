@@ -27,6 +27,7 @@ from bench.common import bench_parser  # noqa: E402
 HETERO_MODELS = "smollm2-135m,gemma3-270m,smollm2-135m"
 
 SIMILARITY = {"fedsem.relevance": "similarity"}
+VARIANT_EXPERT_SELECTIVE = {"fedsem.consensus": "expert", "fedsem.selective": True, **SIMILARITY}
 
 # label -> (strategy, run-config overrides on top of the profile)
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -50,12 +51,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fedsem-relevance": ("fedsem", {"fedsem.consensus": "relevance", **SIMILARITY}),
     "fedsem-expert": ("fedsem", {"fedsem.consensus": "expert", **SIMILARITY}),
     "fedsem-expert-lift": ("fedsem", {"fedsem.consensus": "expert", "fedsem.relevance": "lift"}),
-    "fedsem-expert-selective": (
-        "fedsem",
-        {"fedsem.consensus": "expert", "fedsem.selective": True, **SIMILARITY},
-    ),
+    "fedsem-expert-selective": ("fedsem", VARIANT_EXPERT_SELECTIVE),
     "local-hetero": ("local", {"model.names": HETERO_MODELS}),
     "fedsem-hetero": ("fedsem", {"model.names": HETERO_MODELS}),
+    "fedsem-expert-selective-hetero": (
+        "fedsem",
+        {**VARIANT_EXPERT_SELECTIVE, "model.names": HETERO_MODELS},
+    ),
 }
 
 
