@@ -215,6 +215,32 @@ class PeakRSS:
         return self.peak - self.start
 
 
+def finished(out: Path, name: str) -> bool:
+    """Whether the run ``out/runs/<name>`` finished (its summary was written)."""
+    return (out / "runs" / name / "summary.json").is_file()
+
+
+def run_named(
+    out: Path, name: str, strategy: str, config: Mapping[str, Any], federation_config: str
+) -> Any:
+    """Run one strategy with ``flwr run`` into ``out/runs/<name>``, its log ``out/logs/<name>.log``.
+
+    The layout the study-like scripts share, so that a rerun finds and skips what finished
+    (:func:`finished`). Returns :func:`fedsem_app.tools.compare.run_strategy`'s record.
+    """
+    from fedsem_app.tools.compare import run_strategy
+
+    return run_strategy(
+        strategy,
+        config,
+        out / "runs",
+        name,
+        app_dir=ROOT,
+        federation_config=federation_config,
+        log_path=out / "logs" / f"{name}.log",
+    )
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Rows of a JSON-lines file ([] if it does not exist)."""
     if not path.exists():

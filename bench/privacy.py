@@ -60,7 +60,15 @@ from bench.canaries import (  # noqa: E402
     build_data,
     candidates,
 )
-from bench.common import ROOT, bench_parser, finish, machine, output_folder  # noqa: E402
+from bench.common import (  # noqa: E402
+    ROOT,
+    bench_parser,
+    finish,
+    finished,
+    machine,
+    output_folder,
+    run_named,
+)
 
 
 def run_config(args: argparse.Namespace, layout: Layout) -> dict:
@@ -248,8 +256,6 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="measure runs already in --out")
     args = parser.parse_args()
 
-    from fedsem_app.tools.compare import run_strategy
-
     folder = output_folder("privacy", args.out).resolve()
     layout = build_data(args, folder)
     flat = run_config(args, layout)
@@ -262,18 +268,11 @@ def main() -> None:
     runs: dict[str, Path] = {}
     for strategy in args.strategies.split(","):
         name = f"{strategy}-privacy"
-        if not (args.reuse and (folder / "runs" / name / "summary.json").is_file()):
+        if not (args.reuse and finished(folder, name)):
             t0 = time.perf_counter()
             real, extra = VARIANTS[strategy]
-            record = run_strategy(
-                real,
-                {**flat, **extra(args)},
-                folder / "runs",
-                name,
-                app_dir=ROOT,
-                federation_config=f"num-supernodes={NUM_CLIENTS}",
-                log_path=folder / "logs" / f"{strategy}.log",
-            )
+            config = {**flat, **extra(args)}
+            record = run_named(folder, name, real, config, f"num-supernodes={NUM_CLIENTS}")
             meta[f"{strategy}-seconds"] = time.perf_counter() - t0
             if not record.ok:
                 print(f"== {strategy} FAILED: {record.error}", flush=True)

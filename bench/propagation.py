@@ -87,7 +87,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_parser, finish, machine, output_folder, read_jsonl  # noqa: E402
+from bench.common import (  # noqa: E402
+    bench_parser,
+    finish,
+    finished,
+    machine,
+    output_folder,
+    read_jsonl,
+    run_named,
+)
 
 ATTACKER = 2  # partition id of the bad client
 HONEST = (0, 1)  # partition ids of the honest clients
@@ -396,12 +404,7 @@ COLUMNS = [
 def main(argv: Sequence[str] | None = None) -> None:
     """Run every (variant, seed), measure the honest clients, write the table."""
     from fedsem_app.config.sections import FaultConfig
-    from fedsem_app.tools.compare import (
-        DEFAULT_FEDERATION,
-        default_app_dir,
-        read_profile,
-        run_strategy,
-    )
+    from fedsem_app.tools.compare import DEFAULT_FEDERATION, default_app_dir, read_profile
 
     parser = bench_parser(__doc__, "propagation")
     root = default_app_dir()
@@ -445,24 +448,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     payload = str(shared.get("fault.text", FaultConfig().text))
     phrases = [p.strip() for p in args.phrases.split(",") if p.strip()]
     cap = int(shared.get("gen.max-new-tokens", 48))
+    federation = compare.get("federation-config", DEFAULT_FEDERATION)
     rows, meta = [], {"machine": machine(), "args": vars(args), "payload": payload}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for variant in args.variants.split(","):
             strategy, overrides = VARIANTS[variant]
             name = f"{variant}-s{seed}"
             folder = out / "runs" / name
-            if not (folder / "summary.json").is_file():
+            if not finished(out, name):
                 if args.report_only:
                     continue
-                run = run_strategy(
-                    strategy,
-                    {**shared, **overrides, "seed": seed},
-                    out / "runs",
-                    name,
-                    app_dir=root,
-                    federation_config=compare.get("federation-config", DEFAULT_FEDERATION),
-                    log_path=out / "logs" / f"{name}.log",
-                )
+                config = {**shared, **overrides, "seed": seed}
+                run = run_named(out, name, strategy, config, federation)
                 if not run.ok:
                     print(f"== {name} failed: {run.error}", flush=True)
                     rows.append({"variant": variant, "seed": seed, "status": run.error})

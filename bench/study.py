@@ -14,13 +14,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fedsem_app.tools.compare import DEFAULT_FEDERATION, default_app_dir, read_profile, run_strategy
+from fedsem_app.tools.compare import DEFAULT_FEDERATION, default_app_dir, read_profile
 from fedsem_app.tools.comparison import load_run
 from fedsem_app.tools.study import write_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import bench_parser  # noqa: E402
+from bench.common import bench_parser, finished, run_named  # noqa: E402
 
 # Two architectures under one federation: each model is held against the same model trained
 # locally (``local-hetero``).
@@ -91,6 +91,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     out = args.out.expanduser().resolve()
+    federation = compare.get("federation-config", DEFAULT_FEDERATION)
     pairs = [(v, s) for s in seeds for v in variants]
     if args.order == "variant":
         pairs = [(v, s) for v in variants for s in seeds]
@@ -99,20 +100,13 @@ def main() -> None:
         strategy, overrides = VARIANTS[variant]
         name = f"{variant}-s{seed}"
         folder = out / "runs" / name
-        if (folder / "summary.json").is_file():
+        if finished(out, name):
             run = load_run(folder, strategy)
         elif args.report_only:
             continue
         else:
-            run = run_strategy(
-                strategy,
-                {**shared, **overrides, "seed": seed},
-                out / "runs",
-                name,
-                app_dir=root,
-                federation_config=compare.get("federation-config", DEFAULT_FEDERATION),
-                log_path=out / "logs" / f"{name}.log",
-            )
+            config = {**shared, **overrides, "seed": seed}
+            run = run_named(out, name, strategy, config, federation)
         run.label = variant
         runs.append(run)
         notes = {"profile": f"`{args.profile.name}`", "seeds": args.seeds}
