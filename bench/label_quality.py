@@ -5,7 +5,11 @@ design), but the dataset has them. For every prompt a FedSem run wrote to
 ``consensus_samples.jsonl``, this scores every valid candidate answer against the
 dataset's reference (ROUGE-L and embedding similarity) and compares the chosen one with
 the mean candidate (what a random pick gets) and the best candidate (an oracle), and
-each model's answers with the others'. Offline analysis; nothing here feeds training.
+each model's answers with the others'. On a dataset with short right values (the facts
+benchmark) it also follows the labels round by round: how often the label is right, how
+often some candidate is, how often the other clients already say it, and how often a
+prompt's label changed since the previous round. Offline analysis; nothing here feeds
+training.
 
     python -m bench.label_quality RUN_FOLDER [RUN_FOLDER ...] [--out FILE.md]
 """
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsem_app.clients.evaluation import rouge_l
+from fedsem_app.clients.evaluation import contains_value, rouge_l
 from fedsem_app.config.app import known_keys, load_app_config
 from fedsem_app.data.records import load_records
 from fedsem_app.embedding import cosine_to_reference
@@ -35,7 +39,7 @@ def score_samples(folder: Path) -> list[dict]:
     # config.json also records what the run added (its Flower run id): keep the settings.
     saved = json.loads((folder / "config.json").read_text())
     app = load_app_config({k: v for k, v in saved.items() if k in known_keys()})
-    references = {q.id: q.answer for q in load_records(app.data)}
+    records = {q.id: q for q in load_records(app.data)}
     rows = []
     for line in (folder / "consensus_samples.jsonl").read_text().splitlines():
         sample = json.loads(line)
@@ -51,7 +55,8 @@ def score_samples(folder: Path) -> list[dict]:
                         "chosen": k == sample["chosen"],
                         "finished": answer["finished"],
                         "text": answer["text"],
-                        "reference": references[sample["prompt-id"]],
+                        "reference": records[sample["prompt-id"]].answer,
+                        "value": records[sample["prompt-id"]].value,
                     }
                 )
     if rows:
@@ -86,6 +91,45 @@ def summarise(rows: Sequence[dict], metric: str) -> dict[str, tuple[float, float
     return out
 
 
+def fact_rounds(rows: Sequence[dict]) -> list[dict]:
+    """Per round, the labels of the sampled prompts that have a right value.
+
+    Returns one row per round: ``prompts`` scored, ``label right`` (the chosen answer
+    contains the value), ``some candidate right``, ``others right`` (share of the
+    candidates not chosen that contain it) and ``label changed`` (share of the prompts
+    also sampled the round before whose chosen text differs from that round's).
+    """
+    prompts: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("value"):
+            prompts.setdefault((r["run"], r["round"], r["prompt-id"]), []).append(r)
+    labels = {key: next(c["text"] for c in group if c["chosen"]) for key, group in prompts.items()}
+    out = []
+    for rnd in sorted({key[1] for key in prompts}):
+        keys = [key for key in prompts if key[1] == rnd]
+        right = [[contains_value(c["text"], c["value"]) for c in prompts[k]] for k in keys]
+        chosen = [contains_value(labels[k], prompts[k][0]["value"]) for k in keys]
+        others = [
+            contains_value(c["text"], c["value"])
+            for k in keys
+            for c in prompts[k]
+            if not c["chosen"]
+        ]
+        before = [k for k in keys if (k[0], rnd - 1, k[2]) in labels]
+        changed = [labels[k] != labels[(k[0], rnd - 1, k[2])] for k in before]
+        out.append(
+            {
+                "round": rnd,
+                "prompts": len(keys),
+                "label right": float(np.mean(chosen)),
+                "some candidate right": float(np.mean([any(r) for r in right])),
+                "others right": float(np.mean(others)) if others else float("nan"),
+                "label changed": float(np.mean(changed)) if changed else float("nan"),
+            }
+        )
+    return out
+
+
 def main() -> None:
     """Score the sampled consensus of the given runs and print (or write) the table."""
     parser = bench_parser(__doc__)
@@ -110,6 +154,16 @@ def main() -> None:
             f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in (t[name] for t in tables.values())
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    facts = fact_rounds(rows)
+    if facts:
+        columns = list(facts[0])
+        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for row in facts:
+            lines.append(
+                f"| {row['round']} | {row['prompts']} | "
+                + " | ".join(f"{row[c]:.2f}" for c in columns[2:])
+                + " |"
+            )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

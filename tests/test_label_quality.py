@@ -69,3 +69,29 @@ def test_a_run_folder_is_scored_against_the_dataset_references(tmp_path):
     assert [(r["model"], r["chosen"]) for r in rows] == [("a", False), ("b", True)]
     assert rows[0]["rouge-l"] == pytest.approx(1.0) and rows[0]["embed-sim"] == pytest.approx(1.0)
     assert rows[1]["rouge-l"] == 0.0
+
+
+def test_fact_labels_round_by_round():
+    def cand(rnd, prompt, text, chosen, value):
+        return {"run": "r", "round": rnd, "prompt-id": prompt, "text": text, "chosen": chosen,
+                "value": value}  # fmt: skip
+
+    rows = [
+        cand(1, 1, "She lives in Oslo.", True, "Oslo"),
+        cand(1, 1, "She lives in Rome.", False, "Oslo"),
+        cand(1, 2, "Born in 1750.", True, "1800"),
+        cand(1, 2, "Born in 1750.", False, "1800"),
+        cand(1, 3, "No value here.", True, ""),  # not a fact: left out
+        cand(2, 1, "She lives in Rome.", True, "Oslo"),
+        cand(2, 1, "In Oslo.", False, "Oslo"),
+        cand(2, 2, "Born in 1750.", True, "1800"),
+        cand(2, 2, "Born in 1800.", False, "1800"),
+    ]
+    first, second = label_quality.fact_rounds(rows)
+    # round 1: prompt 1's label right, prompt 2's wrong and no candidate has 1800
+    assert first["prompts"] == 2 and first["label right"] == 0.5
+    assert first["some candidate right"] == 0.5 and first["others right"] == 0.0
+    assert first["label changed"] != first["label changed"]  # NaN: no round before
+    # round 2: both labels wrong, both others right; prompt 1's label text changed
+    assert second["label right"] == 0.0 and second["some candidate right"] == 1.0
+    assert second["others right"] == 1.0 and second["label changed"] == 0.5
