@@ -52,6 +52,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fedsem-expert": ("fedsem", {"fedsem.consensus": "expert", **SIMILARITY}),
     "fedsem-expert-lift": ("fedsem", {"fedsem.consensus": "expert", "fedsem.relevance": "lift"}),
     "fedsem-expert-selective": ("fedsem", VARIANT_EXPERT_SELECTIVE),
+    "fedsem-expert-lift-selective": (
+        "fedsem",
+        {**VARIANT_EXPERT_SELECTIVE, "fedsem.relevance": "lift"},
+    ),
     "local-hetero": ("local", {"model.names": HETERO_MODELS}),
     "fedsem-hetero": ("fedsem", {"model.names": HETERO_MODELS}),
     "fedsem-expert-selective-hetero": (
